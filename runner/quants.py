@@ -5,10 +5,10 @@ Every kernel takes `blocks` (uint8, [n, bytes per block]) and writes float32 val
 (`dequantize_row_*` in ggml-quants.c, mirrored by gguf-py): each float operation is
 done in float32, one at a time, in ggml's order (for K-quants `(d*sc)*q - dmin*m`).
 
-Speed comes from three habits: integer work on uint8 arrays (bytes, not int64), one
-table look-up that writes float32 values straight into the output, and chunks small
-large enough to amortize numpy's per-call cost. `dequantize` can also split a big tensor
-across threads: numpy releases the GIL inside these loops.
+Speed comes from three habits: integer work on uint8 arrays (bytes, not int64) using
+only numpy's fast uint8 ops, one cast of the finished codes to float32, and chunks large
+enough to amortize numpy's per-call cost. `dequantize` can also split a big tensor across
+threads: numpy releases the GIL inside these loops.
 """
 from __future__ import annotations
 

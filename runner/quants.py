@@ -313,9 +313,11 @@ def _threads(threads: int | None) -> int:
     return max(1, threads if threads is not None else (os.cpu_count() or 1))
 
 
-def dequantize(raw: np.ndarray, qtype: GGMLType | int, threads: int | None = 1) -> np.ndarray:
+def dequantize(raw: np.ndarray, qtype: GGMLType | int, threads: int | None = 1,
+               out: np.ndarray | None = None) -> np.ndarray:
     """Dequantize `raw` (uint8, [..., bytes per row], as stored) to float32
-    [..., values per row]. `threads` > 1 splits a large tensor across a thread pool."""
+    [..., values per row], into `out` if given (C-contiguous float32 of that size).
+    `threads` > 1 splits a large tensor across a thread pool."""
     qtype = GGMLType(qtype)
     if qtype not in _KERNELS:
         raise ValueError(f"dequantize: ggml type {qtype.name} is not supported")
@@ -326,7 +328,11 @@ def dequantize(raw: np.ndarray, qtype: GGMLType | int, threads: int | None = 1) 
                          f"whole {qtype.name} blocks of {type_size} bytes")
     shape = raw.shape[:-1] + (raw.shape[-1] // type_size * block,)
     blocks = raw.reshape(-1, type_size)
-    out = np.empty((len(blocks), block), dtype=F32)
+    if out is None:
+        out = np.empty(shape, dtype=F32)
+    if out.dtype != F32 or out.size != len(blocks) * block or not out.flags.c_contiguous:
+        raise ValueError(f"dequantize: out must be C-contiguous float32 of {len(blocks) * block} values")
+    result, out = out, out.reshape(len(blocks), block)
     kernel = _KERNELS[qtype]
     step = max(1, _CHUNK_VALUES // block)
     starts = range(0, len(blocks), step)
@@ -343,4 +349,4 @@ def dequantize(raw: np.ndarray, qtype: GGMLType | int, threads: int | None = 1) 
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="dequant")
         list(_pool.map(run, starts))
-    return out.reshape(shape)
+    return result.reshape(shape)

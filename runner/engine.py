@@ -1,0 +1,279 @@
+"""The generation loop every mode consumes: prefill (reusing the cached prefix), decode,
+stop, stream text, count and time.
+
+    engine = Engine(weights, cfg, tokenizer, n_ctx=8192)
+    for tok in engine.generate(Prompt(ids), params, max_tokens=64, stop=["\\n\\n"]):
+        print(tok.text, end="")
+    engine.last_stats   # tokens, timings, finish reason
+
+The cache holds exactly the tokens in `engine.keys`. A new prompt that starts with them
+only computes the rest (a chat turn prefills only its new text); an interrupted reply
+(Ctrl-C, a client gone) leaves the cache holding what was evaluated before it.
+"""
+from __future__ import annotations
+
+import ctypes
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from . import model as M
+from .cache import make_caches
+from .sampling import SamplingParams, log_softmax, sample
+
+
+class ContextError(ValueError):
+    """A prompt that does not fit the context."""
+
+
+@dataclass
+class ImageSlot:
+    start: int                 # index of the first soft token in the prompt
+    embeds: np.ndarray         # [n, d] float32, exactly as they enter the text model
+    key: int                   # content hash: equal images reuse the cache
+
+
+@dataclass
+class Prompt:
+    tokens: list[int]          # image slots hold a placeholder id (ignored)
+    images: list[ImageSlot] = field(default_factory=list)
+
+    def keys(self) -> list[int]:
+        """What identifies each position for prefix reuse: the token id, or for image
+        soft tokens a negative number from the image's hash and the row."""
+        keys = list(self.tokens)
+        for im in self.images:
+            base = -(1 + (im.key % (1 << 40)) * 4096)
+            keys[im.start:im.start + len(im.embeds)] = range(base, base - len(im.embeds), -1)
+        return keys
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
+class Token:
+    id: int
+    text: str                                   # text this token releases (may be "")
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0      # tokens in the prompt
+    cached_tokens: int = 0      # of which reused from the cache
+    prefill_s: float = 0.0
+    generated_tokens: int = 0
+    decode_s: float = 0.0       # time spent evaluating generated tokens
+    decode_steps: int = 0
+    finish_reason: str = ""     # "stop", "length", "context" (the context is full)
+    text: str = ""
+
+    @property
+    def prefill_tok_s(self) -> float:
+        n = self.prompt_tokens - self.cached_tokens
+        return n / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        return self.decode_steps / self.decode_s if self.decode_s > 0 else 0.0
+
+
+def set_blas_threads(n: int | None) -> None:
+    """Set the number of threads numpy's OpenBLAS uses (None: leave it as it is)."""
+    if not n:
+        return
+    for line in open("/proc/self/maps"):
+        if "openblas" in line.lower():
+            lib = ctypes.CDLL(line.split()[-1])
+            for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                         "openblas_set_num_threads"):
+                if hasattr(lib, name):
+                    getattr(lib, name)(ctypes.c_int(n))
+                    return
+
+
+class Engine:
+    def __init__(self, weights: M.Weights, cfg: M.Config, tokenizer, n_ctx: int = 8192, n_batch: int = 512):
+        self.W, self.cfg, self.tok = weights, cfg, tokenizer
+        self.n_ctx = n_ctx if n_ctx > 0 else cfg.n_ctx_train
+        self.n_batch = n_batch
+        self.caches = make_caches(cfg, self.n_ctx)
+        self.keys: list[int] = []                 # what the cache holds, position by position
+        self.last_stats = Stats()
+        self.stop_ids = {tokenizer.eos_id}
+        eot = tokenizer.token_id("<end_of_turn>")
+        if eot is not None:
+            self.stop_ids.add(eot)
+
+    # -- cache -----------------------------------------------------------------------------
+
+    def rewind(self, n: int) -> int:
+        """Forget the last n tokens of the cache; returns how many remain."""
+        self._truncate(max(0, len(self.keys) - n))
+        return len(self.keys)
+
+    def reset(self) -> None:
+        self._truncate(0)
+
+    def _truncate(self, n: int) -> None:
+        n = min(n, len(self.keys))
+        ok = all([c.truncate(n) for c in self.caches])
+        if not ok:
+            # a sliding layer no longer holds the window that position n needs
+            for c in self.caches:
+                c.truncate(0)
+            n = 0
+        del self.keys[n:]
+
+    def _forward(self, prompt: Prompt, keys: list[int], start: int, end: int, logits: str):
+        ids = np.asarray(prompt.tokens[start:end], dtype=np.int64)
+        embeds, groups = [], None
+        for i, im in enumerate(prompt.images, 1):
+            lo, hi = max(start, im.start), min(end, im.start + len(im.embeds))
+            if lo < hi:
+                embeds.append((lo - start, im.embeds[lo - im.start:hi - im.start]))
+                if groups is None:
+                    groups = np.zeros(end - start, dtype=np.int32)
+                groups[lo - start:hi - start] = i
+        try:
+            out = M.forward(self.W, self.cfg, self.caches, ids, start, embeds, groups, logits)
+        except BaseException:
+            self._truncate(len(self.keys))      # undo a half-written step (Ctrl-C, errors)
+            raise
+        self.keys.extend(keys[start:end])
+        return out
+
+    def _chunk_end(self, prompt: Prompt, start: int, end: int) -> int:
+        """End of the chunk from `start`: n_batch tokens, moved so that no image is split
+        (its tokens attend to each other both ways, so they are computed together)."""
+        stop = min(end, start + self.n_batch)
+        for im in prompt.images:
+            a, b = im.start, im.start + len(im.embeds)
+            if a < stop < b:
+                stop = a if a > start else b
+        return stop
+
+    def prefill(self, prompt: Prompt, stats: Stats | None = None) -> np.ndarray:
+        """Evaluate the prompt (only what the cache lacks); the last position's logits [n_vocab]."""
+        n = len(prompt)
+        if n == 0:
+            raise ContextError("the prompt is empty")
+        if n >= self.n_ctx:
+            raise ContextError(f"the prompt has {n} tokens but the context holds {self.n_ctx} "
+                               f"(and needs room to generate): shorten it or raise --ctx-size")
+        keys = prompt.keys()
+        common = 0
+        for a, b in zip(self.keys, keys):
+            if a != b:
+                break
+            common += 1
+        common = min(common, n - 1)             # the last token is evaluated for its logits
+        for im in prompt.images:                # never resume inside an image
+            if im.start < common < im.start + len(im.embeds):
+                common = im.start
+        self._truncate(common)
+        start = len(self.keys)
+        t0 = time.perf_counter()
+        logits = None
+        while start < n:
+            stop = self._chunk_end(prompt, start, n)
+            logits = self._forward(prompt, keys, start, stop, "last" if stop == n else "none")
+            start = stop
+        if stats is not None:
+            stats.prompt_tokens, stats.cached_tokens = n, common
+            stats.prefill_s = time.perf_counter() - t0
+        return logits[0]
+
+    # -- generation ------------------------------------------------------------------------
+
+    def generate(self, prompt: Prompt, params: SamplingParams | None = None, max_tokens: int | None = None,
+                 stop: list[str] | tuple[str, ...] = (), ignore_eos: bool = False,
+                 logprobs: int | None = None) -> Iterator[Token]:
+        """Yield generated tokens with the text each releases. Ends on eos/<end_of_turn>
+        (unless ignore_eos), a stop string (never included in the text), max_tokens
+        (None or < 0: no limit), or a full context. `logprobs`: also report the chosen
+        token's log-probability and the top-n alternatives. Text held back at the end
+        (a stop string's unfinished start, an incomplete UTF-8 tail) comes as a last
+        Token with id -1. Stats are in self.last_stats afterwards."""
+        params = params or SamplingParams()
+        stats = self.last_stats = Stats()
+        logits = self.prefill(prompt, stats)
+        rng = np.random.default_rng(params.seed)
+        history = list(prompt.tokens)
+        decoder = self.tok.stream_decoder()
+        stop = [s for s in stop if s]
+        pending, hit = "", False               # pending: text that may start a stop string
+        while True:
+            tok = sample(logits, params, rng, history)
+            if tok in self.stop_ids and not ignore_eos:
+                stats.finish_reason = "stop"
+                break
+            history.append(tok)
+            stats.generated_tokens += 1
+            lp, top = _logprobs(logits, tok, logprobs) if logprobs is not None else (None, None)
+            text, pending, hit = _release(pending + decoder.feed(tok), stop)
+            if hit:
+                stats.finish_reason = "stop"
+            elif max_tokens is not None and 0 <= max_tokens <= stats.generated_tokens:
+                stats.finish_reason = "length"
+            elif len(self.keys) + 1 >= self.n_ctx:
+                stats.finish_reason = "context"
+            if stats.finish_reason and not hit:
+                text, pending = text + pending + decoder.flush(), ""
+            stats.text += text
+            yield Token(tok, text, lp, top)
+            if stats.finish_reason:
+                return
+            t = time.perf_counter()
+            logits = self._decode(tok)
+            stats.decode_s += time.perf_counter() - t
+            stats.decode_steps += 1
+        tail = pending + decoder.flush()
+        if tail:
+            stats.text += tail
+            yield Token(-1, tail)
+
+    def _decode(self, tok: int) -> np.ndarray:
+        """Evaluate one token at the end of the cache; its logits [n_vocab]."""
+        pos = len(self.keys)
+        try:
+            out = M.forward(self.W, self.cfg, self.caches, np.array([tok]), pos, None, None, "last")
+        except BaseException:
+            self._truncate(pos)                 # undo a half-written step (Ctrl-C, errors)
+            raise
+        self.keys.append(tok)
+        return out[0]
+
+
+def _logprobs(logits: np.ndarray, tok: int, n: int) -> tuple[float, list[tuple[int, float]] | None]:
+    """log p of the chosen token and the n most likely tokens, under the model's own
+    distribution (before sampling filters)."""
+    ls = log_softmax(logits)
+    top = None
+    if n > 0:
+        best = np.argpartition(-ls, n - 1)[:n]
+        best = best[np.argsort(-ls[best], kind="stable")]
+        top = [(int(i), float(ls[i])) for i in best]
+    return float(ls[tok]), top
+
+
+def _release(pending: str, stop: list[str]) -> tuple[str, str, bool]:
+    """Split pending text into (text safe to emit, text to hold back, stop string found).
+
+    Text is held back while its end could still grow into a stop string."""
+    if not stop:
+        return pending, "", False
+    cut = min((i for i in (pending.find(s) for s in stop) if i >= 0), default=-1)
+    if cut >= 0:
+        return pending[:cut], "", True
+    hold = 0
+    for s in stop:
+        for k in range(min(len(s) - 1, len(pending)), 0, -1):
+            if pending.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return pending[:len(pending) - hold], pending[len(pending) - hold:], False

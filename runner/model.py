@@ -1,0 +1,384 @@
+"""The Gemma 3 text decoder as small functions over numpy arrays (SPEC 3).
+
+Weights are named like the GGUF tensors and kept in float32, the form numpy multiplies
+fastest (SPEC 6: float32 BLAS beats every other numpy path). Two pairs are fused into one
+matrix each (attn_q|attn_k|attn_v and ffn_gate|ffn_up) so that a decode step makes four
+BLAS calls per layer. A model whose float32 weights would not fit in memory keeps its
+quantized bytes instead and dequantizes row blocks as it multiplies (slow, but it runs).
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .gguf import GGUFError, GGUFFile
+from .quants import GGMLType, dequantize
+
+F32 = np.float32
+
+
+# --- configuration --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Config:
+    n_vocab: int
+    d: int                      # embedding_length
+    n_layer: int
+    d_ff: int
+    n_head: int
+    n_kv: int
+    head_dim: int
+    eps: float
+    rope_base: float            # global layers
+    rope_base_local: float      # sliding-window layers
+    rope_scale: float           # linear scaling factor of global layers (1 = none)
+    sliding_window: int         # 0: no sliding layers
+    sliding: tuple[bool, ...]   # per layer: does it use the sliding window?
+    n_ctx_train: int
+    query_scale: float
+    name: str = ""
+
+    def is_sliding(self, il: int) -> bool:
+        return self.sliding[il]
+
+    @classmethod
+    def from_gguf(cls, g: GGUFFile) -> "Config":
+        arch = g.get("general.architecture")
+        if arch != "gemma3":
+            raise GGUFError(f"{g.path}: general.architecture: expected 'gemma3', found {arch!r}")
+
+        def key(name, default=None, kind=int):
+            v = g.get(f"gemma3.{name}", default)
+            if v is None:
+                raise GGUFError(f"{g.path}: gemma3.{name}: required key is missing")
+            try:
+                return kind(v)
+            except (TypeError, ValueError):
+                raise GGUFError(f"{g.path}: gemma3.{name}: expected {kind.__name__}, found {v!r}") from None
+
+        d, n_head, n_layer = key("embedding_length"), key("attention.head_count"), key("block_count")
+        head_dim = key("attention.key_length", d // max(n_head, 1))
+        if head_dim != key("attention.value_length", head_dim):
+            raise GGUFError(f"{g.path}: key_length and value_length differ; Gemma 3 uses one head size")
+        n_kv = key("attention.head_count_kv", n_head)
+        if min(d, n_head, n_layer, head_dim, n_kv) <= 0 or n_head % n_kv:
+            raise GGUFError(f"{g.path}: gemma3 sizes: expected positive sizes with head_count a multiple "
+                            f"of head_count_kv, found d={d} heads={n_head} kv={n_kv} head_dim={head_dim}")
+        window = key("attention.sliding_window", 0)
+        pattern = g.get("gemma3.attention.sliding_window_pattern", 6)
+        if isinstance(pattern, (list, np.ndarray)):          # per-layer flags, newer converters
+            sliding = tuple(bool(x) for x in pattern)
+            if len(sliding) != n_layer:
+                raise GGUFError(f"{g.path}: gemma3.attention.sliding_window_pattern: expected {n_layer} "
+                                f"flags, found {len(sliding)}")
+        else:
+            # every pattern-th layer is global (5, 11, 17, ...), the others slide
+            sliding = tuple(int(pattern) > 1 and il % int(pattern) < int(pattern) - 1 for il in range(n_layer))
+        if window <= 0:
+            sliding = (False,) * n_layer
+        scale = 1.0
+        if g.get("gemma3.rope.scaling.type", "linear" if "gemma3.rope.scaling.factor" in g.metadata else None) == "linear":
+            scale = key("rope.scaling.factor", 1.0, float)
+        elif "gemma3.rope.scale_linear" in g.metadata:
+            scale = key("rope.scale_linear", 1.0, float)
+        # why: Gemma 3 27B scales queries by 1/sqrt(d/n_head) = 1/sqrt(168); the other sizes
+        # by 1/sqrt(head_dim). Like llama.cpp, recognize 27B by its 62 layers.
+        q_scalar = d / n_head if n_layer == 62 else head_dim
+        vocab = g.tensors.get("token_embd.weight")
+        if vocab is None:
+            raise GGUFError(f"{g.path}: tensor token_embd.weight is missing")
+        return cls(
+            n_vocab=vocab.shape[0], d=d, n_layer=n_layer, d_ff=key("feed_forward_length"),
+            n_head=n_head, n_kv=n_kv, head_dim=head_dim,
+            eps=key("attention.layer_norm_rms_epsilon", 1e-6, float),
+            rope_base=key("rope.freq_base", 1e6, float),
+            rope_base_local=key("rope.freq_base_swa", 10000.0, float),
+            rope_scale=scale, sliding_window=window, sliding=sliding,
+            n_ctx_train=key("context_length", 8192), query_scale=q_scalar ** -0.5,
+            name=str(g.get("general.name", "") or ""),
+        )
+
+
+# --- weights ----------------------------------------------------------------------------
+
+class Linear:
+    """y = x @ W.T for W [out, in], stored as float32 or, when streamed, as the GGUF's
+    quantized rows (dequantized a row block at a time during the product)."""
+
+    STREAM_BLOCK = 1 << 24   # values dequantized at once when streaming (64 MB)
+
+    def __init__(self, parts: list[tuple[np.ndarray, GGMLType]], n_in: int, resident: bool):
+        self.n_out = sum(len(raw) for raw, _ in parts)
+        self.n_in = n_in
+        self.parts = None if resident else parts
+        self.w = None
+        if resident:
+            self.w = np.empty((self.n_out, n_in), dtype=F32)
+            row = 0
+            for raw, qtype in parts:
+                dequantize(raw, qtype, out=self.w[row:row + len(raw)])
+                row += len(raw)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.w is not None:
+            return x @ self.w.T                                # [T, in] -> [T, out]
+        out = np.empty((x.shape[0], self.n_out), dtype=F32)
+        col = 0
+        rows = max(1, self.STREAM_BLOCK // self.n_in)
+        for raw, qtype in self.parts:
+            for r in range(0, len(raw), rows):
+                w = dequantize(raw[r:r + rows], qtype, threads=None)
+                out[:, col + r:col + r + len(w)] = x @ w.T
+            col += len(raw)
+        return out
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """W[ids] (the embedding look-up of a tied output matrix)."""
+        if self.w is not None:
+            return self.w[ids]
+        (raw, qtype), = self.parts
+        return dequantize(raw[ids], qtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.w.nbytes if self.w is not None else sum(raw.nbytes for raw, _ in self.parts)
+
+
+@dataclass
+class Layer:
+    attn_norm: np.ndarray          # [d]
+    attn_qkv: Linear               # [(n_head + 2 n_kv) hd, d]: attn_q | attn_k | attn_v
+    attn_q_norm: np.ndarray        # [hd]
+    attn_k_norm: np.ndarray        # [hd]
+    attn_output: Linear            # [d, n_head hd]
+    post_attention_norm: np.ndarray
+    ffn_norm: np.ndarray
+    ffn_gate_up: Linear            # [2 d_ff, d]: ffn_gate | ffn_up
+    ffn_down: Linear               # [d, d_ff]
+    post_ffw_norm: np.ndarray
+
+
+@dataclass
+class Weights:
+    token_embd: Linear             # [n_vocab, d], also the output matrix (tied)
+    output_norm: np.ndarray        # [d]
+    layers: list[Layer]
+
+    @property
+    def nbytes(self) -> int:
+        n = self.token_embd.nbytes + self.output_norm.nbytes
+        for L in self.layers:
+            n += sum(v.nbytes for v in vars(L).values())
+        return n
+
+
+def f32_bytes(cfg: Config) -> int:
+    """Bytes the weights take as float32."""
+    per_layer = cfg.d * (cfg.n_head + 2 * cfg.n_kv) * cfg.head_dim + cfg.n_head * cfg.head_dim * cfg.d \
+        + 3 * cfg.d * cfg.d_ff
+    return 4 * (cfg.n_vocab * cfg.d + cfg.n_layer * per_layer)
+
+
+def available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def load_weights(g: GGUFFile, cfg: Config, resident: bool | None = None, threads: int | None = None) -> Weights:
+    """Dequantize (or, streamed, just map) every tensor. `resident=None` keeps float32
+    weights when they fit in 70% of the available memory."""
+    if resident is None:
+        resident = f32_bytes(cfg) < 0.7 * available_memory()
+
+    def tensor(name: str, shape: tuple[int, ...]) -> tuple[np.ndarray, GGMLType]:
+        info = g.tensors.get(name)
+        if info is None:
+            raise GGUFError(f"{g.path}: tensor {name} is missing")
+        if info.shape != shape:
+            raise GGUFError(f"{g.path}: tensor {name}: expected shape {shape}, found {info.shape}")
+        return g.raw(name), info.type
+
+    def norm(name: str, n: int) -> np.ndarray:
+        raw, qtype = tensor(name, (n,))
+        return np.ascontiguousarray(dequantize(raw, qtype))
+
+    d, hd = cfg.d, cfg.head_dim
+
+    def layer(il: int) -> Layer:
+        p = f"blk.{il}."
+        return Layer(
+            attn_norm=norm(p + "attn_norm.weight", d),
+            attn_qkv=Linear([tensor(p + "attn_q.weight", (cfg.n_head * hd, d)),
+                             tensor(p + "attn_k.weight", (cfg.n_kv * hd, d)),
+                             tensor(p + "attn_v.weight", (cfg.n_kv * hd, d))], d, resident),
+            attn_q_norm=norm(p + "attn_q_norm.weight", hd),
+            attn_k_norm=norm(p + "attn_k_norm.weight", hd),
+            attn_output=Linear([tensor(p + "attn_output.weight", (d, cfg.n_head * hd))], cfg.n_head * hd, resident),
+            post_attention_norm=norm(p + "post_attention_norm.weight", d),
+            ffn_norm=norm(p + "ffn_norm.weight", d),
+            ffn_gate_up=Linear([tensor(p + "ffn_gate.weight", (cfg.d_ff, d)),
+                                tensor(p + "ffn_up.weight", (cfg.d_ff, d))], d, resident),
+            ffn_down=Linear([tensor(p + "ffn_down.weight", (d, cfg.d_ff))], cfg.d_ff, resident),
+            post_ffw_norm=norm(p + "post_ffw_norm.weight", d),
+        )
+
+    n_threads = max(1, threads or os.cpu_count() or 1)
+    # numpy releases the GIL while dequantizing: load tensors on several threads
+    with ThreadPoolExecutor(n_threads) as pool:
+        embd = pool.submit(lambda: Linear([tensor("token_embd.weight", (cfg.n_vocab, d))], d, resident))
+        layers = list(pool.map(layer, range(cfg.n_layer)))
+        return Weights(token_embd=embd.result(), output_norm=norm("output_norm.weight", d), layers=layers)
+
+
+# --- the forward pass -------------------------------------------------------------------
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """x / sqrt(mean(x^2) + eps) * w over the last axis; w already holds Gemma's 1 + w."""
+    ms = np.einsum("...i,...i->...", x, x)[..., None]       # sum of squares, [..., 1]
+    ms /= x.shape[-1]
+    ms += eps
+    return x / np.sqrt(ms) * w
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), computed with few temporaries."""
+    y = x * x
+    y *= x
+    y *= F32(0.044715)
+    y += x
+    y *= F32(math.sqrt(2.0 / math.pi))
+    np.tanh(y, out=y)
+    y += 1
+    y *= x
+    y *= F32(0.5)
+    return y
+
+
+def rope_tables(cfg: Config, positions: np.ndarray, local: bool) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin [T, hd/2] of NEOX RoPE. why: Gemma 3 gives sliding layers their own
+    base (10k) and applies linear scaling only to global layers. Computed in float32 the
+    way transformers does, so positions far into the context round alike."""
+    base, scale = (cfg.rope_base_local, 1.0) if local else (cfg.rope_base, cfg.rope_scale)
+    inv_freq = F32(1.0) / (F32(base) ** (np.arange(0, cfg.head_dim, 2, dtype=F32) / F32(cfg.head_dim)))
+    inv_freq = (inv_freq / F32(scale)).astype(F32)
+    angles = positions.astype(F32)[:, None] * inv_freq[None, :]
+    return np.cos(angles), np.sin(angles)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """NEOX rotation of pairs (i, i + hd/2). x [T, heads, hd]; cos, sin [T, hd/2]."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    out = np.empty_like(x)
+    out[..., :half] = x1 * c - x2 * s
+    out[..., half:] = x2 * c + x1 * s
+    return out
+
+
+def attention_mask(qpos: np.ndarray, kpos: np.ndarray, window: int, groups: np.ndarray | None,
+                   kgroups: np.ndarray | None) -> np.ndarray | None:
+    """Additive mask [T, S] (0 or -inf), or None when every key is visible.
+
+    A query at p sees a key at p' when 0 <= p' <= p and, on sliding layers, p - p' < window.
+    Tokens of one image (same nonzero group id) also see each other both ways."""
+    T = len(qpos)
+    if T == 1 and groups is None:
+        if not window and kpos[-1] == qpos[0] and kpos[0] >= 0:
+            return None                                           # decode on a full layer
+    delta = qpos[:, None] - kpos[None, :]                         # [T, S]
+    ok = (delta >= 0) & (kpos[None, :] >= 0)
+    if groups is not None and kgroups is not None:
+        ok |= (groups[:, None] == kgroups[None, :]) & (groups[:, None] > 0) & (kpos[None, :] >= 0)
+    if window:
+        ok &= delta < window
+    return np.where(ok, F32(0), F32(-np.inf))
+
+
+def attention(q: np.ndarray, K: np.ndarray, V: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Softmax attention with grouped KV heads.
+
+    q [T, n_head, hd] (already scaled); K, V [n_kv, S, hd]; returns [T, n_head * hd].
+    Query head h reads KV head h // (n_head / n_kv)."""
+    T, n_head, hd = q.shape
+    n_kv, S = K.shape[0], K.shape[1]
+    g = n_head // n_kv
+    qg = q.reshape(T, n_kv, g, hd).transpose(1, 0, 2, 3).reshape(n_kv, T * g, hd)
+    s = np.matmul(qg, K.transpose(0, 2, 1))                       # [n_kv, T g, S]
+    s = s.reshape(n_kv, T, g, S)
+    if mask is not None:
+        s += mask[None, :, None, :]
+    s -= s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    o = np.matmul(s.reshape(n_kv, T * g, S), V)                   # [n_kv, T g, hd]
+    return o.reshape(n_kv, T, g, hd).transpose(1, 0, 2, 3).reshape(T, n_head * hd)
+
+
+def block(L: Layer, cfg: Config, cache, x: np.ndarray, positions: np.ndarray, rope, window: int,
+          groups: np.ndarray | None) -> np.ndarray:
+    """One decoder layer on x [T, d]; returns the new residual stream."""
+    T = x.shape[0]
+    nq, nkv, hd = cfg.n_head, cfg.n_kv, cfg.head_dim
+    h = rms_norm(x, L.attn_norm, cfg.eps)
+    qkv = L.attn_qkv(h)                                           # [T, (nq + 2 nkv) hd]
+    q = qkv[:, :nq * hd].reshape(T, nq, hd)
+    k = qkv[:, nq * hd:(nq + nkv) * hd].reshape(T, nkv, hd)
+    v = qkv[:, (nq + nkv) * hd:].reshape(T, nkv, hd)
+    q = rms_norm(q, L.attn_q_norm, cfg.eps)                       # per head, over hd
+    k = rms_norm(k, L.attn_k_norm, cfg.eps)
+    q = apply_rope(q, *rope)
+    q *= F32(cfg.query_scale)
+    k = apply_rope(k, *rope)
+    K, V, kpos = cache.update_and_fetch(k.transpose(1, 0, 2), v.transpose(1, 0, 2), positions)
+    kgroups = None
+    if groups is not None:                                        # image tokens are all in this chunk
+        kgroups = np.zeros(len(kpos), dtype=groups.dtype)
+        kgroups[-T:] = groups
+    mask = attention_mask(positions, kpos, window, groups, kgroups)
+    o = L.attn_output(attention(q, K, V, mask))                   # [T, d]
+    x = x + rms_norm(o, L.post_attention_norm, cfg.eps)
+    h = rms_norm(x, L.ffn_norm, cfg.eps)
+    gu = L.ffn_gate_up(h)                                         # [T, 2 d_ff]
+    f = gelu_tanh(gu[:, :cfg.d_ff])
+    f *= gu[:, cfg.d_ff:]
+    f = L.ffn_down(f)                                             # [T, d]
+    return x + rms_norm(f, L.post_ffw_norm, cfg.eps)
+
+
+def forward(W: Weights, cfg: Config, caches: list, ids: np.ndarray, p0: int,
+            embeds: list[tuple[int, np.ndarray]] | None = None, groups: np.ndarray | None = None,
+            logits: str = "last") -> np.ndarray | None:
+    """Run tokens `ids` at positions p0.. through the model, filling `caches`.
+
+    embeds: (row, [n, d] array) pairs that replace the embeddings of rows row..row+n-1
+    (image soft tokens; why: they are not multiplied by sqrt(d) like token embeddings).
+    groups: [T] image id per row (0 = text) for bidirectional attention inside an image.
+    logits: "last" -> [1, n_vocab], "all" -> [T, n_vocab], "none" -> None.
+    """
+    T = len(ids)
+    positions = np.arange(p0, p0 + T)
+    x = W.token_embd.rows(ids)                                    # [T, d]
+    x *= F32(math.sqrt(cfg.d))
+    for row, e in embeds or ():
+        x[row:row + len(e)] = e
+    rope_g = rope_tables(cfg, positions, local=False)
+    rope_l = rope_tables(cfg, positions, local=True) if any(cfg.sliding) else None
+    for il, L in enumerate(W.layers):
+        local = cfg.sliding[il]
+        x = block(L, cfg, caches[il], x, positions, rope_l if local else rope_g,
+                  cfg.sliding_window if local else 0, groups)
+    if logits == "none":
+        return None
+    h = rms_norm(x[-1:] if logits == "last" else x, W.output_norm, cfg.eps)
+    return W.token_embd(h)                                        # [T or 1, n_vocab]

@@ -48,35 +48,48 @@ class SlidingCache:
 
     capacity = window + slack: the window is what attention needs; the slack keeps older
     positions a little longer so that a rewind of up to `slack` tokens (undo, regenerate,
-    a request sharing most of the previous prefix) finds its window intact."""
+    a request sharing most of the previous prefix) finds its window intact.
+
+    Every slot is stored twice, at s and s + capacity, so that the window of a decode
+    step, `window` consecutive positions, is one contiguous slice: no mask, no copy."""
 
     def __init__(self, n_kv: int, window: int, head_dim: int, slack: int):
         self.window = window
         self.capacity = window + slack
-        self.k = np.zeros((n_kv, self.capacity, head_dim), dtype=np.float32)
-        self.v = np.zeros((n_kv, self.capacity, head_dim), dtype=np.float32)
+        self.k = np.zeros((n_kv, 2 * self.capacity, head_dim), dtype=np.float32)
+        self.v = np.zeros((n_kv, 2 * self.capacity, head_dim), dtype=np.float32)
         self.pos = np.full(self.capacity, -1, dtype=np.int64)   # position held by each slot
         self.offset = 0
 
+    def _window(self, lo: int, hi: int) -> slice:
+        """Slots of positions lo..hi-1 (at most `capacity` of them) as one slice."""
+        a = lo % self.capacity
+        return slice(a, a + hi - lo)
+
     def update_and_fetch(self, k: np.ndarray, v: np.ndarray, positions: np.ndarray):
         T = k.shape[1]
+        p0 = int(positions[0])
+        lo = max(0, p0 - self.window + 1)          # the oldest key the chunk's first query sees
         if T == 1:
-            # a single new key only evicts one older than the window: write, then read all
+            # one new key only evicts one older than the window: write, then read the window
             self._write(k, v, positions)
-            return self.k, self.v, self.pos
-        # a chunk's first queries still need keys its own last rows would evict: attend to
-        # the old ring plus the chunk, then store
-        K = np.concatenate([self.k, k], axis=1)
-        V = np.concatenate([self.v, v], axis=1)
-        kpos = np.concatenate([self.pos, positions])
+            w = self._window(lo, p0 + 1)
+            return self.k[:, w], self.v[:, w], np.arange(lo, p0 + 1)
+        # a chunk's first queries need older keys that its own last rows may evict:
+        # attend to those (one slice of the ring) plus the chunk, then store the chunk
+        w = self._window(lo, p0)
+        K = np.concatenate([self.k[:, w], k], axis=1)
+        V = np.concatenate([self.v[:, w], v], axis=1)
+        kpos = np.concatenate([np.arange(lo, p0), positions])
         self._write(k, v, positions)
         return K, V, kpos
 
     def _write(self, k, v, positions):
         keep = slice(max(0, len(positions) - self.capacity), None)   # the last `capacity`
         slots = positions[keep] % self.capacity
-        self.k[:, slots] = k[:, keep]
-        self.v[:, slots] = v[:, keep]
+        for at in (slots, slots + self.capacity):
+            self.k[:, at] = k[:, keep]
+            self.v[:, at] = v[:, keep]
         self.pos[slots] = positions[keep]
         self.offset = int(positions[-1]) + 1
 

@@ -1,0 +1,188 @@
+"""Benchmarks: figures printed, never asserted.
+
+    python scripts/bench.py                 # everything below
+    python scripts/bench.py --only gguf,quants,tokenizer,generate
+    python scripts/bench.py --no-llamacpp   # skip the llama.cpp reference run
+
+generate follows ../shared/tools/llamacpp-ref's protocol: the shared paragraph repeated
+to a 400-token prompt (best of 2 prefills), then from a 16-token context 64 greedy tokens
+(best of 2), with --threads 2; llama.cpp runs in the same session and the ratios are
+ours / theirs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "tools"
+DEFAULT_MODEL = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
+sys.path.insert(0, str(ROOT))
+
+FALLBACK_PARAGRAPH = (
+    "The river rose slowly through the night, and by morning the lower fields were under "
+    "water. Farmers moved their animals to the hills, while the children watched from the "
+    "bridge as boats drifted past the church. Nobody in the village remembered a flood like "
+    "it, though the old records spoke of one in the year the mill burned down. "
+)
+
+
+def paragraph() -> str:
+    try:
+        sys.path.insert(0, str(SHARED))
+        from bench_text import PARAGRAPH
+        return PARAGRAPH
+    except ImportError:
+        return FALLBACK_PARAGRAPH
+
+
+def best_of(n: int, f) -> float:
+    best = float("inf")
+    for _ in range(n):
+        t = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_gguf(model: Path) -> None:
+    from runner.gguf import GGUFFile
+    ours = best_of(3, lambda: GGUFFile(model))
+    print(f"gguf open      {model.name}: {ours * 1000:.0f} ms (best of 3)")
+    try:
+        from gguf import GGUFReader
+        ref = best_of(1, lambda: GGUFReader(str(model)))
+        print(f"               gguf-py GGUFReader: {ref * 1000:.0f} ms ({ref / ours:.0f}x slower)")
+    except ImportError:
+        pass
+
+
+def bench_quants() -> None:
+    from runner.quants import QUANT_SIZES, GGMLType, dequantize
+    try:
+        from gguf import GGMLQuantizationType, quants as ggq
+    except ImportError:
+        ggq = None
+    rng = np.random.default_rng(0)
+    n_values = 1 << 23
+    print(f"dequant        {n_values >> 20}M values per type, M values/s (best of 3; gguf-py best of 2)")
+    for qtype in [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q4_1, GGMLType.Q5_0,
+                  GGMLType.Q5_1, GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q5_K, GGMLType.F16, GGMLType.BF16]:
+        block, size = QUANT_SIZES[qtype]
+        raw = rng.integers(0, 256, (n_values // block, size), dtype=np.uint8)
+        if block > 1:   # a sane fp16 in every scale field keeps the arithmetic ordinary
+            for at in {GGMLType.Q2_K: (80, 82), GGMLType.Q3_K: (108,), GGMLType.Q6_K: (208,)}.get(qtype, (0, 2)):
+                raw[:, at:at + 2] = np.full(len(raw), 0.01, np.float16).view(np.uint8).reshape(-1, 2)
+        ours1 = best_of(3, lambda: dequantize(raw, qtype, threads=1))
+        ours2 = best_of(3, lambda: dequantize(raw, qtype, threads=2))
+        line = f"  {qtype.name:5s} ours {n_values / ours1 / 1e6:6.0f} (1 thread) {n_values / ours2 / 1e6:6.0f} (2 threads)"
+        if ggq is not None:
+            with np.errstate(all="ignore"):
+                ref = best_of(2, lambda: ggq.dequantize(raw, GGMLQuantizationType(int(qtype))))
+            line += f"   gguf-py {n_values / ref / 1e6:6.0f}   ratio {ref / ours1:5.1f}x / {ref / ours2:5.1f}x"
+        print(line)
+
+
+def bench_tokenizer(model: Path) -> None:
+    from runner.gguf import GGUFFile
+    from runner.tokenizer import load_tokenizer
+    g = GGUFFile(model)
+    t = best_of(3, lambda: load_tokenizer(g))
+    sys.path.insert(0, str(ROOT / "tests" / "data"))
+    from tokenizer_corpus import mixed_text      # prose, code, CJK, emoji, random numbers
+    tok = load_tokenizer(g)
+    text = mixed_text(1 << 20)
+    t_enc = best_of(1, lambda: tok.encode(text))
+    n = len(tok.encode(text))
+    print(f"tokenizer      build {t * 1000:.0f} ms; encode 1 MB of mixed text: {t_enc:.2f} s "
+          f"({n} tokens, {len(text.encode()) / t_enc / 1e6:.2f} MB/s)")
+
+
+def bench_generate(model: Path, threads: int, prompt_tokens: int, gen_tokens: int, llamacpp: bool) -> None:
+    t0 = time.perf_counter()
+    import runner
+    from runner.engine import Prompt, SamplingParams
+    llm = runner.load(model, threads=threads, n_ctx=4096)
+    load_s = time.perf_counter() - t0
+    text = paragraph()
+    while len(llm.tokenize(text)) < prompt_tokens:
+        text += paragraph()
+    toks = llm.tokenize(text)[:prompt_tokens]
+    eng = llm.engine
+    greedy = SamplingParams(temperature=0)
+
+    # time to first token of a cold start, as a user sees it: load + 16-token prompt + 1 token
+    eng.reset()
+    next(iter(eng.generate(Prompt(toks[:16]), greedy, max_tokens=1)))
+    first_token_s = time.perf_counter() - t0
+
+    def prefill():
+        eng.reset()
+        eng.prefill(Prompt(toks))
+    prefill_s = best_of(2, prefill)
+
+    decode_tok_s = 0.0
+    for _ in range(2):
+        eng.reset()
+        n = sum(1 for _ in eng.generate(Prompt(toks[:16]), greedy, max_tokens=gen_tokens, ignore_eos=True))
+        decode_tok_s = max(decode_tok_s, eng.last_stats.decode_tok_s)
+    ours = {"engine": "runner (numpy)", "load_s": round(load_s, 3), "first_token_s": round(first_token_s, 3),
+            "prompt_tokens": len(toks), "prefill_tok_s": round(len(toks) / prefill_s, 1),
+            "gen_tokens": n, "decode_tok_s": round(decode_tok_s, 1), "peak_rss_mb": round(peak_rss_mb())}
+    print("generate       " + json.dumps(ours))
+    ref_tool = SHARED / "llamacpp-ref"
+    if not llamacpp or not ref_tool.exists():
+        print("               (llama.cpp reference not run)")
+        return
+    r = subprocess.run([str(ref_tool), "bench", str(model), "--threads", str(threads),
+                        "--prompt-tokens", str(prompt_tokens), "--gen-tokens", str(gen_tokens)],
+                       capture_output=True, text=True)
+    lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
+    if r.returncode or not lines:
+        print(f"               llama.cpp reference failed: {r.stderr.strip().splitlines()[-1:]}")
+        return
+    ref = json.loads(lines[-1])
+    print("llama.cpp      " + json.dumps(ref))
+    print(f"ratio          prefill {ours['prefill_tok_s'] / ref['prefill_tok_s']:.2f}x   "
+          f"decode {ours['decode_tok_s'] / ref['decode_tok_s']:.2f}x   "
+          f"load {ours['load_s']:.2f} s vs {ref['load_s']:.2f} s   (ours / llama.cpp, same run)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--only", default="gguf,quants,tokenizer,generate",
+                    help="comma-separated sections: gguf, quants, tokenizer, generate")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-tokens", type=int, default=400)
+    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--no-llamacpp", action="store_true", help="do not run the llama.cpp reference")
+    a = ap.parse_args()
+    if not a.model.exists():
+        print(f"bench: {a.model} not found (run scripts/setup.sh)", file=sys.stderr)
+        return 1
+    sections = a.only.split(",")
+    if "gguf" in sections:
+        bench_gguf(a.model)
+    if "quants" in sections:
+        bench_quants()
+    if "tokenizer" in sections:
+        bench_tokenizer(a.model)
+    if "generate" in sections:
+        bench_generate(a.model, a.threads, a.prompt_tokens, a.gen_tokens, not a.no_llamacpp)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

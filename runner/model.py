@@ -8,6 +8,7 @@ quantized bytes instead and dequantizes row blocks as it multiplies (slow, but i
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -267,14 +268,18 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return np.divide(x, y, out=y)
 
 
+@functools.lru_cache(maxsize=16)
+def _inv_freq(base: float, scale: float, head_dim: int) -> np.ndarray:
+    inv = F32(1.0) / (F32(base) ** (np.arange(0, head_dim, 2, dtype=F32) / F32(head_dim)))
+    return (inv / F32(scale)).astype(F32)
+
+
 def rope_tables(cfg: Config, positions: np.ndarray, local: bool) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin [T, hd/2] of NEOX RoPE. why: Gemma 3 gives sliding layers their own
     base (10k) and applies linear scaling only to global layers. Computed in float32 the
     way transformers does, so positions far into the context round alike."""
     base, scale = (cfg.rope_base_local, 1.0) if local else (cfg.rope_base, cfg.rope_scale)
-    inv_freq = F32(1.0) / (F32(base) ** (np.arange(0, cfg.head_dim, 2, dtype=F32) / F32(cfg.head_dim)))
-    inv_freq = (inv_freq / F32(scale)).astype(F32)
-    angles = positions.astype(F32)[:, None] * inv_freq[None, :]
+    angles = positions.astype(F32)[:, None] * _inv_freq(base, scale, cfg.head_dim)[None, :]
     return np.cos(angles), np.sin(angles)
 
 
@@ -310,20 +315,32 @@ def attention_mask(qpos: np.ndarray, kpos: np.ndarray, window: int, groups: np.n
 def attention(q: np.ndarray, K: np.ndarray, V: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """Softmax attention with grouped KV heads.
 
-    q [T, n_head, hd] (already scaled); K, V [n_kv, S, hd]; returns [T, n_head * hd].
-    Query head h reads KV head h // (n_head / n_kv)."""
+    q [T, n_head, hd] (already scaled); K, V [n_kv, S, hd]; mask [T, S] or None; returns
+    [T, n_head * hd]. Query head h reads KV head h // (n_head / n_kv)."""
     T, n_head, hd = q.shape
     n_kv, S = K.shape[0], K.shape[1]
     g = n_head // n_kv
-    qg = q.reshape(T, n_kv, g, hd).transpose(1, 0, 2, 3).reshape(n_kv, T * g, hd)
-    s = np.matmul(qg, K.transpose(0, 2, 1))                       # [n_kv, T g, S]
-    s = s.reshape(n_kv, T, g, S)
+    few = T * g <= 16
+    if few:
+        # decode: OpenBLAS multiplies K @ q^T about twice as fast as q @ K^T for a few
+        # query rows; the small score matrix is then transposed so softmax reduces along
+        # contiguous memory
+        qT = q.reshape(T, n_kv, g, hd).transpose(1, 3, 0, 2).reshape(n_kv, hd, T * g)
+        s = np.matmul(K, qT).transpose(0, 2, 1).copy()              # [n_kv, T g, S]
+    else:
+        qg = q.reshape(T, n_kv, g, hd).transpose(1, 0, 2, 3).reshape(n_kv, T * g, hd)
+        s = np.matmul(qg, K.transpose(0, 2, 1))                     # [n_kv, T g, S]
     if mask is not None:
+        s = s.reshape(n_kv, T, g, S)
         s += mask[None, :, None, :]
+        s = s.reshape(n_kv, T * g, S)
     s -= s.max(axis=-1, keepdims=True)
     np.exp(s, out=s)
     s /= s.sum(axis=-1, keepdims=True)
-    o = np.matmul(s.reshape(n_kv, T * g, S), V)                   # [n_kv, T g, hd]
+    if few:
+        o = np.matmul(V.transpose(0, 2, 1), s.transpose(0, 2, 1))   # [n_kv, hd, T g]
+        return o.reshape(n_kv, hd, T, g).transpose(2, 0, 3, 1).reshape(T, n_head * hd)
+    o = np.matmul(s, V)                                             # [n_kv, T g, hd]
     return o.reshape(n_kv, T, g, hd).transpose(1, 0, 2, 3).reshape(T, n_head * hd)
 
 

@@ -176,7 +176,7 @@ class Engine:
             if im.start < common < im.start + len(im.embeds):
                 common = im.start
         self._truncate(common)
-        start = len(self.keys)
+        start = reused = len(self.keys)          # less than `common` if the cache had to reset
         t0 = time.perf_counter()
         logits = None
         while start < n:
@@ -184,7 +184,7 @@ class Engine:
             logits = self._forward(prompt, keys, start, stop, "last" if stop == n else "none")
             start = stop
         if stats is not None:
-            stats.prompt_tokens, stats.cached_tokens = n, common
+            stats.prompt_tokens, stats.cached_tokens = n, reused
             stats.prefill_s = time.perf_counter() - t0
         return logits[0]
 

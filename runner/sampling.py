@@ -71,11 +71,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def top_p(ids: np.ndarray, logits: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
-    """Smallest prefix (of logits sorted decreasingly) whose probability reaches p."""
+def top_p(ids: np.ndarray, logits: np.ndarray, p: float, total: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest prefix (of logits sorted decreasingly) whose probability reaches p.
+    Probabilities are relative to the candidates, or, with `total` (the sum of
+    exp(logit - logits[0]) over a larger set they were cut from), to that set."""
     if p >= 1.0 or len(ids) <= 1:
         return ids, logits
-    cum = np.cumsum(softmax(logits))
+    e = np.exp(logits - logits[0], dtype=np.float64)
+    cum = np.cumsum(e) / (e.sum() if total is None else total)
     keep = int(np.searchsorted(cum, p)) + 1
     return ids[:keep], logits[:keep]
 
@@ -93,15 +96,17 @@ def candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, 
     top-p set is found by growing a partial sort until it holds mass p (the set is a
     prefix of the sorted order, so this is exact)."""
     ids = np.arange(len(logits))
-    k = params.top_k if params.top_k > 0 else 0
+    k, total = (params.top_k if params.top_k > 0 else 0), None
     if k == 0 and params.top_p < 1.0:
+        # top-p over the whole vocabulary: measure mass against all of it
         shifted = logits - logits.max()
         total = np.exp(shifted, dtype=np.float64).sum()
         k = 64
-        while k < len(logits) and np.exp(-np.partition(-shifted, k - 1)[:k], dtype=np.float64).sum() < params.top_p * total:
+        while k < len(logits) and \
+                np.exp(-np.partition(-shifted, k - 1)[:k], dtype=np.float64).sum() < params.top_p * total:
             k *= 4
     cid, cl = top_k(ids, logits, k)
-    cid, cl = top_p(cid, cl, params.top_p)
+    cid, cl = top_p(cid, cl, params.top_p, total)
     return min_p(cid, cl, params.min_p)
 
 

@@ -15,3 +15,11 @@ def model_path() -> Path:
     if not MODEL.exists():
         pytest.fail(f"{MODEL} is missing: run scripts/setup.sh (or scripts/fetch_default_model.py)")
     return MODEL
+
+
+@pytest.fixture(scope="session")
+def llm(model_path):
+    """The real 270M model, loaded once (the engine's cache is shared: tests that need a
+    clean state reset it)."""
+    import runner
+    return runner.load(model_path, n_ctx=4096, threads=2)

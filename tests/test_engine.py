@@ -1,0 +1,182 @@
+"""The generation engine on the real model: cache reuse, rewind, stops, limits, errors.
+
+The reference for every cached path is a fresh run (reset cache) of the same request:
+the cache must never change what is generated."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import runner
+from runner import model as M
+from runner.cache import FullCache, SlidingCache
+from runner.engine import ContextError, Prompt, SamplingParams
+
+GREEDY = SamplingParams(temperature=0)
+STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+
+
+def gen(llm, ids, n=16, params=GREEDY, **kw):
+    toks = [t.id for t in llm.engine.generate(Prompt(list(ids)), params, max_tokens=n, ignore_eos=True, **kw)]
+    return [t for t in toks if t >= 0]
+
+
+def fresh(llm, ids, n=16, params=GREEDY, **kw):
+    llm.engine.reset()
+    return gen(llm, ids, n, params, **kw)
+
+
+def test_prefix_reuse_computes_only_new_tokens(llm):
+    a = llm.tokenize(STORY)
+    out_a = fresh(llm, a)
+    follow = a + out_a + llm.tokenize(" Every morning he", add_bos=False)
+    expect = fresh(llm, follow)
+    llm.engine.reset()
+    gen(llm, a)                                     # the cache now holds a + out_a[:-1]
+    got = gen(llm, follow)
+    assert got == expect
+    st = llm.engine.last_stats
+    assert st.cached_tokens == len(a) + len(out_a) - 1
+    assert st.prompt_tokens == len(follow)
+
+
+def test_chat_turn_prefills_only_its_new_text(llm):
+    msgs = [{"role": "user", "content": "Name a fruit."}]
+    reply = llm.chat(msgs, max_tokens=12, temperature=0)
+    n1 = len(llm.chat_prompt(msgs))
+    msgs += [{"role": "assistant", "content": reply}, {"role": "user", "content": "Another one?"}]
+    llm.chat(msgs, max_tokens=4, temperature=0)
+    st = llm.engine.last_stats
+    assert st.cached_tokens >= n1                   # the first turn was not computed again
+    assert st.prompt_tokens - st.cached_tokens < 30
+
+
+@pytest.mark.parametrize("back", [5, 40])
+def test_rewind_then_generate_equals_fresh(llm, back):
+    ids = llm.tokenize(STORY)
+    llm.engine.reset()
+    out = gen(llm, ids, n=48)
+    held = len(llm.engine.keys)
+    assert llm.engine.rewind(back) == held - back
+    cut = (ids + out)[:held - back]
+    assert llm.engine.keys == cut
+    assert gen(llm, cut) == fresh(llm, cut)
+
+
+def test_rewind_beyond_the_sliding_window_slack(llm):
+    """A rewind of more than the ring buffer keeps (window + slack = 1024 here) cannot
+    reuse the sliding layers' cache: the engine recomputes, and the result is the same."""
+    text = " ".join(f"Line {i}: the river rose and the village slept." for i in range(120))
+    ids = llm.tokenize(text)[:1300]
+    llm.engine.reset()
+    gen(llm, ids, n=2)
+    short = ids[:200]
+    got = gen(llm, short)
+    assert llm.engine.last_stats.cached_tokens == 0            # recomputed, not reused
+    assert got == fresh(llm, short)
+
+
+def test_seeded_sampling_repeats(llm):
+    ids = llm.tokenize(STORY)
+    p = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1234)
+    a = fresh(llm, ids, n=24, params=p)
+    b = fresh(llm, ids, n=24, params=p)
+    c = fresh(llm, ids, n=24, params=SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=99))
+    assert a == b
+    assert a != c                                   # 24 draws at temperature 1 from a 262k vocabulary
+
+
+def test_stop_string_is_cut_and_never_streamed(llm):
+    ids = llm.tokenize(STORY)
+    llm.engine.reset()
+    full = "".join(t.text for t in llm.engine.generate(Prompt(ids), GREEDY, max_tokens=40, ignore_eos=True))
+    words = full.split()
+    stop = " " + words[len(words) // 2]              # a stop string from the middle of the reply
+    llm.engine.reset()
+    pieces = [t.text for t in llm.engine.generate(Prompt(ids), GREEDY, max_tokens=40, stop=[stop])]
+    text = "".join(pieces)
+    assert text == full[:full.index(stop)]
+    assert llm.engine.last_stats.finish_reason == "stop"
+    assert all(stop not in p for p in pieces)
+
+
+def test_max_tokens_and_finish_reasons(llm):
+    ids = llm.tokenize(STORY)
+    assert len(fresh(llm, ids, n=5)) == 5
+    assert llm.engine.last_stats.finish_reason == "length"
+    assert llm.engine.last_stats.generated_tokens == 5
+
+
+def test_context_full_stops_generation(model_path):
+    small = runner.load(model_path, n_ctx=40)
+    ids = small.tokenize(STORY)
+    out = [t for t in small.engine.generate(Prompt(ids), GREEDY, max_tokens=None, ignore_eos=True)]
+    assert small.engine.last_stats.finish_reason == "context"
+    assert len(ids) + len(out) <= 40
+
+
+def test_prompt_too_long_is_a_clear_error(model_path):
+    small = runner.load(model_path, n_ctx=16)
+    with pytest.raises(ContextError, match=r"prompt has 20 tokens but the context holds 16"):
+        next(small.engine.generate(Prompt([2] + [100] * 19)))
+    with pytest.raises(ContextError, match="empty"):
+        next(small.engine.generate(Prompt([])))
+
+
+def test_ctx_size_zero_is_the_trained_maximum(model_path):
+    llm0 = runner.load(model_path, n_ctx=0)
+    assert llm0.n_ctx == llm0.cfg.n_ctx_train == 32768
+
+
+def test_interrupt_mid_layer_keeps_the_cache_consistent(llm, monkeypatch):
+    """Ctrl-C arrives while a decode step is half way through its layers: the cache
+    afterwards holds exactly the evaluated tokens, and generation continues correctly."""
+    ids = llm.tokenize(STORY)
+    expect = fresh(llm, ids, n=12)
+    real_block = M.block
+    calls = {"n": 0}
+
+    def flaky_block(*a, **k):
+        # 18 layer calls for the prompt (one chunk), then 18 per decode step:
+        # interrupt the 10th layer of the 4th decode step
+        calls["n"] += 1
+        if calls["n"] == 18 + 3 * 18 + 10:
+            raise KeyboardInterrupt
+        return real_block(*a, **k)
+    llm.engine.reset()
+    monkeypatch.setattr(M, "block", flaky_block)
+    got = []
+    with pytest.raises(KeyboardInterrupt):
+        for t in llm.engine.generate(Prompt(ids), GREEDY, max_tokens=12, ignore_eos=True):
+            got.append(t.id)
+    monkeypatch.setattr(M, "block", real_block)
+    assert len(got) == 4
+    assert llm.engine.keys == ids + got[:-1]       # the 4th token was being evaluated
+    rest = gen(llm, ids + got, n=12 - len(got))
+    assert got + rest == expect
+
+
+def test_logits_leave_the_engine_cache_alone(llm):
+    ids = llm.tokenize(STORY)
+    llm.engine.reset()
+    gen(llm, ids, n=4)
+    keys = list(llm.engine.keys)
+    llm.logits(ids[:10])
+    assert llm.engine.keys == keys
+    assert gen(llm, keys, n=4) == fresh(llm, keys, n=4)
+
+
+def test_sliding_cache_truncate_knows_what_it_still_holds():
+    c = SlidingCache(n_kv=1, window=8, head_dim=2, slack=4)      # 12 slots
+    for p in range(30):
+        kv = np.full((1, 1, 2), p, dtype=np.float32)
+        c.update_and_fetch(kv, kv, np.array([p]))
+    # positions 18..29 are held; a rewind to n needs n-7..n-1
+    assert c.truncate(28) and c.offset == 28
+    K, _, kpos = c.update_and_fetch(np.full((1, 1, 2), 99, np.float32), np.zeros((1, 1, 2), np.float32),
+                                    np.array([28]))
+    assert kpos.tolist() == list(range(21, 29)) and K[0, :-1, 0].tolist() == list(range(21, 28))
+    assert not c.truncate(20)                                     # 13..19 were overwritten
+    f = FullCache(1, 64, 2)
+    f.update_and_fetch(np.zeros((1, 10, 2), np.float32), np.zeros((1, 10, 2), np.float32), np.arange(10))
+    assert f.truncate(3) and f.offset == 3

@@ -102,3 +102,12 @@ def render_text(messages: list[dict], add_generation_prompt: bool = True) -> str
     """The Gemma prompt as one string (images shown as `<start_of_image>`)."""
     return "".join(p if isinstance(p, str) else "<start_of_image>"
                    for p in render_gemma(messages, add_generation_prompt))
+
+
+def render(messages: list[dict], template: str | None = None,
+           add_generation_prompt: bool = True) -> list[str | ImageRef]:
+    """The prompt for `messages` under `template`: None or "gemma" is the built-in Gemma
+    format; anything else is a chat template string (Jinja, as in GGUF files)."""
+    if template is None or template == "gemma":
+        return render_gemma(messages, add_generation_prompt)
+    raise ChatError("only the built-in 'gemma' chat template is supported")

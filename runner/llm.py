@@ -15,7 +15,7 @@ import numpy as np
 
 from . import model as M
 from .cache import make_caches
-from .chat import ImageRef, render_gemma
+from .chat import ImageRef, render
 from .engine import Engine, Prompt, SamplingParams, Stats, set_blas_threads
 from .gguf import GGUFFile
 from .tokenizer import Tokenizer, load_tokenizer
@@ -37,6 +37,8 @@ class LLM:
         if mmproj is not None:
             raise ValueError("--mmproj: this build has no vision tower yet; images are not supported")
         self.has_chat_template = bool(gguf.get("tokenizer.chat_template"))
+        # None: the built-in Gemma format; a mode may set a template string (--chat-template)
+        self.chat_template: str | None = None
         self.load_s = time.perf_counter() - t0
 
     # -- facts -----------------------------------------------------------------------------
@@ -105,7 +107,7 @@ class LLM:
 
     def chat_prompt(self, messages: list[dict]) -> Prompt:
         ids: list[int] = []
-        for p in render_gemma(messages):
+        for p in render(messages, self.chat_template):
             if isinstance(p, ImageRef):
                 raise ValueError("this model has no vision tower: images are not supported")
             ids += self.tokenizer.encode(p, add_bos=False, special=True)

@@ -17,11 +17,23 @@ def log(args, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def embedded():
+    """The payload of this executable when it is a packed runner (None otherwise)."""
+    if not getattr(sys, "frozen", False):
+        return None
+    from .bundle import find_embedded
+    return find_embedded(sys.executable)
+
+
 def model_source(args) -> tuple[str, int, int | None] | None:
-    """(path, offset, length) of the GGUF to run: -m FILE, else the checkout's default."""
+    """(path, offset, length) of the GGUF to run: -m FILE, else the weights embedded in
+    this executable, else (running from a checkout) the default model in models/."""
     if args.model:
         return args.model, 0, None
-    if DEV_MODEL.exists():
+    emb = getattr(args, "embedded", None)
+    if emb is not None and emb.region("model"):
+        return emb.region("model")
+    if not getattr(sys, "frozen", False) and DEV_MODEL.exists():
         return str(DEV_MODEL), 0, None
     return None
 
@@ -30,7 +42,7 @@ def load_model(args):
     import runner
     src = model_source(args)
     if src is None:
-        raise runner.GGUFError("no model: pass -m FILE.gguf")
+        raise runner.GGUFError("this runner has no embedded model: pass -m FILE.gguf")
     path, offset, length = src
     if not os.path.exists(path):
         raise runner.GGUFError(f"{path}: no such file")
@@ -50,8 +62,17 @@ def model_name(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    from .bundle import BundleError, merge_args
     from .gguf import GGUFError
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        emb = embedded()
+    except BundleError as e:
+        return die(str(e))
+    if emb is not None:
+        argv = merge_args(emb.args, argv)       # llamafile's .args: defaults first
+    args = parse_args(argv)
+    args.embedded = emb
     if args.version:
         try:
             print(f"{PROG} {__version__} ({model_name(args)})")

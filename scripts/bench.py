@@ -3,6 +3,9 @@
     python scripts/bench.py                 # everything below
     python scripts/bench.py --only gguf,quants,tokenizer,generate
     python scripts/bench.py --no-llamacpp   # skip the llama.cpp reference run
+    python scripts/bench.py --binary        # start-up of dist/<model>.llamafile to its first token
+    python scripts/bench.py --server        # aggregate tokens/s for 1, 4 and 8 concurrent streams
+    python scripts/bench.py --vision        # one image through a full-size SigLIP
 
 generate follows ../shared/tools/llamacpp-ref's protocol: the shared paragraph repeated
 to a 400-token prompt (best of 2 prefills), then from a 16-token context 64 greedy tokens
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -159,6 +163,38 @@ def bench_generate(model: Path, threads: int, prompt_tokens: int, gen_tokens: in
           f"load {ours['load_s']:.2f} s vs {ref['load_s']:.2f} s   (ours / llama.cpp, same run)")
 
 
+def _timed_first_token(cmd: list[str], env=None) -> tuple[float, float, int]:
+    """(seconds to the first byte of the completion on stdout, total seconds, peak RSS MB)
+    of a --cli run; the peak RSS is the process's own, from wait4 when it ends."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    first = p.stdout.read(1)
+    t_first = time.perf_counter() - t0
+    p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if not first or p.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed (status {p.returncode})")
+    return t_first, time.perf_counter() - t0, round(usage.ru_maxrss / 1024)
+
+
+def bench_binary(model: Path) -> None:
+    from runner.bundle import executable_name
+    exe = ROOT / "dist" / executable_name(str(model))
+    if not exe.exists():
+        print(f"binary         {exe} not found: run scripts/build.sh first")
+        return
+    args = ["--cli", "-p", "The", "-n", "1", "--temp", "0", "--no-display-prompt", "--log-disable"]
+    runs = [_timed_first_token([str(exe)] + args) for _ in range(3)]
+    t_first, total, rss = min(runs)
+    print(f"binary         {exe.name}: first token after {t_first:.2f} s (best of 3; exit after "
+          f"{total:.2f} s), peak RSS {rss} MB")
+    runs = [_timed_first_token([sys.executable, "-m", "runner", "-m", str(model)] + args) for _ in range(3)]
+    t_first, total, rss = min(runs)
+    print(f"               python -m runner -m {model.name}: first token after {t_first:.2f} s, "
+          f"peak RSS {rss} MB")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -168,11 +204,26 @@ def main() -> int:
     ap.add_argument("--prompt-tokens", type=int, default=400)
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--no-llamacpp", action="store_true", help="do not run the llama.cpp reference")
+    ap.add_argument("--binary", action="store_true", help="only: start-up of the packed executable")
+    ap.add_argument("--server", action="store_true", help="only: server throughput with 1, 4, 8 streams")
+    ap.add_argument("--vision", action="store_true", help="only: one image through a full-size SigLIP")
     a = ap.parse_args()
     if not a.model.exists():
         print(f"bench: {a.model} not found (run scripts/setup.sh)", file=sys.stderr)
         return 1
     sections = a.only.split(",")
+    if a.binary or a.server or a.vision:
+        sections = []
+    if a.binary:
+        bench_binary(a.model)
+    if a.server:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from bench_server import bench_server
+        bench_server(a.model, a.threads)
+    if a.vision:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from bench_vision import bench_vision
+        bench_vision()
     if "gguf" in sections:
         bench_gguf(a.model)
     if "quants" in sections:

@@ -64,16 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG, add_help=True, allow_abbrev=False,
         formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=34, width=96),
-        description="Gemma 3 in one file. With no mode flag: a chat in the terminal. "
-                    "--cli: complete a prompt and exit (for scripts). --server: a web chat "
-                    "and an OpenAI-compatible API.",
+        description="Gemma 3 in one file. With no mode flag: a chat in the terminal.\n"
+                    "--cli: complete a prompt and exit (for scripts). --server: a web chat and an\n"
+                    "OpenAI-compatible API.",
         epilog="examples:\n"
                "  gemma-runner                                   chat in the terminal\n"
                "  gemma-runner -p 'You are terse.'               ... with a system prompt\n"
                "  gemma-runner --cli -p 'The sky is' -n 32 --temp 0\n"
                "  echo 'Once upon a time' | gemma-runner --cli -f - -n 64\n"
                "  gemma-runner --server --port 8080              browser chat + /v1 API\n"
-               "  gemma-runner -m other.gguf --cli -p Hi         run another GGUF file",
+               "  gemma-runner -m other.gguf --cli -p Hi         run another GGUF file\n"
+               "\n"
+               "in the chat: /help lists the commands (/stats /context /clear /undo /push /pop\n"
+               "/stack /forget /dump /upload /exit); \"\"\" starts and ends multi-line input; Ctrl-C\n"
+               "stops a reply; Ctrl-D quits.",
     )
 
     mode = p.add_argument_group("mode")
@@ -95,20 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     prompt = p.add_argument_group("prompt")
     prompt.add_argument("-p", "--prompt", metavar="TEXT",
-                        help="the system prompt in the chat; the prompt itself in --cli")
-    prompt.add_argument("-f", "--file", metavar="FILE", help="read the prompt from FILE ('-' = standard input)")
+                        help="the system prompt in the chat (in raw completion mode, the text's "
+                             "start); the prompt itself in --cli")
+    prompt.add_argument("-f", "--file", metavar="FILE",
+                        help="read -p's text from FILE ('-' = standard input; one trailing newline "
+                             "is dropped)")
     prompt.add_argument("-e", "--escape", action="store_true",
-                        help="process escapes (\\n, \\t, \\\\, \\\", \\') in the prompt")
+                        help="process escapes (\\n, \\t, \\\\, \\\", \\') in the prompt and -r")
     prompt.add_argument("--image", metavar="FILE", action="append", default=[],
                         help="an image for the prompt (needs --mmproj); repeatable")
     prompt.add_argument("--chat-template", metavar="NAME|TEMPLATE",
-                        help="'gemma' (built in) or a Jinja chat template string")
+                        help="'gemma' (built in) or a Jinja chat template string (default: the model "
+                             "file's; a model without one chats in raw completion mode; --cli "
+                             "uses none unless given)")
     prompt.add_argument("--no-display-prompt", "--silent-prompt", dest="no_display_prompt",
                         action="store_true", help="--cli: print only the completion, not the prompt")
 
     gen = p.add_argument_group("generation")
     gen.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
-                     help="tokens to generate (default -1: until the end of the text or context)")
+                     help="tokens to generate (default -1: until the end of the text or the context; "
+                          "a reply in raw completion mode: 256)")
     gen.add_argument("--temp", type=_nonneg_float, default=None, metavar="T",
                      help="temperature; 0 = greedy (default 0.8, or 0 in the chat)")
     gen.add_argument("--top-k", type=_nonneg_int, default=40, metavar="K", help="top-k sampling (default 40; 0 = off)")
@@ -118,11 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="penalize repeated tokens (default 1.0 = off)")
     gen.add_argument("--repeat-last-n", type=int, default=64, metavar="N",
                      help="tokens the penalties look back over (default 64; -1 = all)")
-    gen.add_argument("--presence-penalty", type=float, default=0.0, metavar="X", help="(default 0)")
-    gen.add_argument("--frequency-penalty", type=float, default=0.0, metavar="X", help="(default 0)")
+    gen.add_argument("--presence-penalty", type=float, default=0.0, metavar="X",
+                     help="subtract X from tokens already seen (default 0 = off)")
+    gen.add_argument("--frequency-penalty", type=float, default=0.0, metavar="X",
+                     help="subtract X per time a token was seen (default 0 = off)")
     gen.add_argument("-s", "--seed", type=int, default=None, metavar="N", help="random seed (default: random)")
     gen.add_argument("-r", "--reverse-prompt", action="append", default=[], metavar="TEXT",
-                     help="stop when the output contains TEXT; repeatable")
+                     help="stop when the output contains TEXT; repeatable (in the chat's raw "
+                          "completion mode TEXT stays, for you to write after)")
     gen.add_argument("--ignore-eos", action="store_true", help="keep generating past the end-of-text token")
 
     srv = p.add_argument_group("server")
@@ -146,6 +159,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"argument -n/--n-predict: expected -1 or a number >= 0, got {args.n_predict}")
     if args.repeat_last_n < -1:
         p.error(f"argument --repeat-last-n: expected -1 or a number >= 0, got {args.repeat_last_n}")
+    if args.prompt is not None and args.file is not None:
+        p.error("-p and -f both give the prompt: use one of them")
+    if args.image and not args.mmproj:
+        p.error("--image needs --mmproj FILE (the vision projector)")
     args.mode = "server" if args.server else "cli" if args.cli else "chat"
     return args
 
@@ -173,6 +190,54 @@ def unescape(text: str) -> str:
         out.append(c)
         i += 1
     return "".join(out)
+
+
+class UserError(Exception):
+    """A mistake in the flags or their inputs: one line for the user, and the exit status."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+def _read_text(path: str) -> str:
+    name = "standard input" if path == "-" else path
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except FileNotFoundError:
+        raise UserError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{name}: is a directory, not a file") from None
+    except OSError as e:
+        raise UserError(f"{name}: cannot read: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{name}: not UTF-8 text (byte {e.start})") from None
+
+
+def read_prompt(args: argparse.Namespace, stdin: bool = False) -> str | None:
+    """The prompt from -p TEXT, -f FILE or -f - (one trailing newline of a file dropped,
+    as llama.cpp does), with -e escapes applied. `stdin`: with neither flag, read a piped
+    standard input. None when there is no prompt."""
+    if args.prompt is not None:
+        text = args.prompt
+    elif args.file is not None or (stdin and sys.stdin is not None and not sys.stdin.isatty()):
+        text = _read_text(args.file if args.file is not None else "-")
+        if text.endswith("\n"):
+            text = text[:-1]
+    else:
+        return None
+    return unescape(text) if args.escape else text
+
+
+def stop_strings(args: argparse.Namespace) -> list[str]:
+    """-r stop strings (with -e escapes applied, as llama.cpp does)."""
+    return [unescape(r) if args.escape else r for r in args.reverse_prompt]
 
 
 def die(message: str, status: int = 1) -> int:

@@ -4,10 +4,16 @@ Gemma's template (SPEC 3): `<bos>`, then per turn
 `<start_of_turn>{user|model}\\n{content.strip()}<end_of_turn>\\n`; a system message has no
 turn of its own: its text and a blank line open the first user turn. The generation
 prompt is `<start_of_turn>model\\n`.
+
+Any other template is a Jinja string (a GGUF file's `tokenizer.chat_template`, or
+--chat-template), rendered in a sandbox as transformers and llama.cpp render it.
 """
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -104,10 +110,97 @@ def render_text(messages: list[dict], add_generation_prompt: bool = True) -> str
                    for p in render_gemma(messages, add_generation_prompt))
 
 
-def render(messages: list[dict], template: str | None = None,
-           add_generation_prompt: bool = True) -> list[str | ImageRef]:
+def render(messages: list[dict], template: str | None = None, add_generation_prompt: bool = True,
+           bos_token: str = "<bos>", eos_token: str = "<eos>") -> list[str | ImageRef]:
     """The prompt for `messages` under `template`: None or "gemma" is the built-in Gemma
     format; anything else is a chat template string (Jinja, as in GGUF files)."""
     if template is None or template == "gemma":
         return render_gemma(messages, add_generation_prompt)
-    raise ChatError("only the built-in 'gemma' chat template is supported")
+    return render_jinja(messages, template, add_generation_prompt, bos_token, eos_token)
+
+
+# -- Jinja chat templates (the `tokenizer.chat_template` of GGUF and HF files) -------------
+
+# Where an image goes. Templates never see the image itself: its part becomes a text part
+# holding this marker (as llama.cpp's mtmd does), and the rendered text is cut at it.
+MEDIA_MARKER = "<__media__>"
+
+
+def compile_template(source: str):
+    """A Jinja chat template, compiled in a sandbox the way transformers and llama.cpp
+    read them (trim_blocks, lstrip_blocks, loop controls, raise_exception, tojson,
+    strftime_now). ChatError for a template that does not compile."""
+    return _compile(source)
+
+
+@functools.lru_cache(maxsize=8)
+def _compile(source: str):
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        # why: Jinja's own tojson escapes HTML characters, which templates do not expect
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise ChatError(f"chat template, line {e.lineno}: {e.message}") from None
+
+
+def _template_messages(messages: list[dict]) -> tuple[list[dict], list[ImageRef]]:
+    """Plain copies of the messages for a template; image parts become MEDIA_MARKER text
+    parts. Returns them and the images in order."""
+    if not isinstance(messages, list) or not messages:
+        raise ChatError("messages must be a non-empty list")
+    out, images = [], []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ChatError(f"message {i}: expected an object with a string role")
+        content = m.get("content")
+        if isinstance(content, list):
+            parts = []
+            for p in message_parts(content):
+                if isinstance(p, ImageRef):
+                    images.append(p)
+                    p = MEDIA_MARKER
+                parts.append({"type": "text", "text": p})
+            content = parts
+        elif content is None:
+            content = ""
+        elif not isinstance(content, str):
+            message_parts(content)                  # raises the error for a wrong type
+        out.append({**{k: v for k, v in m.items() if isinstance(k, str)}, "content": content})
+    return out, images
+
+
+def render_jinja(messages: list[dict], template: str, add_generation_prompt: bool = True,
+                 bos_token: str = "<bos>", eos_token: str = "<eos>") -> list[str | ImageRef]:
+    """The prompt from a Jinja chat template, with image slots where the images were."""
+    import jinja2
+    compiled = compile_template(template)
+    plain, images = _template_messages(messages)
+    try:
+        text = compiled.render(messages=plain, add_generation_prompt=add_generation_prompt,
+                               bos_token=bos_token, eos_token=eos_token)
+    except jinja2.TemplateError as e:               # raise_exception(), undefined names, sandbox
+        raise ChatError(f"chat template: {e}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        raise ChatError(f"chat template: {type(e).__name__}: {e}") from None
+    pieces = text.split(MEDIA_MARKER)
+    if len(pieces) != len(images) + 1:
+        raise ChatError(f"chat template: {len(images)} image(s) in the messages, "
+                        f"{len(pieces) - 1} in the rendered prompt")
+    out: list[str | ImageRef] = [pieces[0]]
+    for image, piece in zip(images, pieces[1:]):
+        out += [image, piece]
+    return _merge_text(out)

@@ -4,11 +4,19 @@
     llm.complete("The capital of France is", max_tokens=16, temperature=0)
     for piece in llm.complete("Once upon a time", stream=True): print(piece, end="")
     llm.chat([{"role": "user", "content": "Hi!"}])
+
+With a vision projector (`runner.load(model, mmproj="mmproj.gguf")`) messages may hold
+images (`{"type": "image", "image": "cat.jpg"}` or OpenAI `image_url` parts):
+
+    llm.chat([{"role": "user", "content": [{"type": "image", "image": "cat.jpg"},
+                                           {"type": "text", "text": "What is this?"}]}])
+    llm.embed_image("cat.jpg")     # [256, d] float32: the soft tokens the model reads
 """
 from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from typing import Any, Iterator
 
 import numpy as np
@@ -16,9 +24,11 @@ import numpy as np
 from . import model as M
 from .cache import make_caches
 from .chat import ImageRef, render
-from .engine import Engine, Prompt, SamplingParams, Stats, set_blas_threads
+from .engine import Engine, ImageSlot, Prompt, SamplingParams, Stats, set_blas_threads
 from .gguf import GGUFFile
 from .tokenizer import Tokenizer, load_tokenizer
+
+IMAGE_CACHE = 32           # encoded images kept per model (by content hash)
 
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
                  "presence_penalty", "frequency_penalty", "logit_bias", "seed")
@@ -26,7 +36,7 @@ SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "re
 
 class LLM:
     def __init__(self, gguf: GGUFFile, n_ctx: int = 8192, threads: int | None = None,
-                 resident: bool | None = None, mmproj: str | os.PathLike | None = None):
+                 resident: bool | None = None, mmproj: str | os.PathLike | GGUFFile | None = None):
         t0 = time.perf_counter()
         set_blas_threads(threads)
         self.gguf = gguf
@@ -34,8 +44,10 @@ class LLM:
         self.tokenizer: Tokenizer = load_tokenizer(gguf)
         self.weights = M.load_weights(gguf, self.cfg, resident=resident, threads=threads)
         self.engine = Engine(self.weights, self.cfg, self.tokenizer, n_ctx=n_ctx)
+        self.vision = None
+        self._images: OrderedDict[int, np.ndarray] = OrderedDict()   # content hash -> soft tokens
         if mmproj is not None:
-            raise ValueError("--mmproj: this build has no vision tower yet; images are not supported")
+            self.vision = self._load_vision(mmproj, threads)
         self.has_chat_template = bool(gguf.get("tokenizer.chat_template"))
         # None: the built-in Gemma format; a mode may set a template string (--chat-template)
         self.chat_template: str | None = None
@@ -69,7 +81,10 @@ class LLM:
 
     def logits(self, ids) -> np.ndarray:
         """[len(ids), n_vocab] float32: the next-token logits after each prefix, in a
-        fresh context (the engine's cache is left as it was)."""
+        fresh context (the engine's cache is left as it was). `ids` may be a Prompt with
+        images."""
+        if isinstance(ids, Prompt):
+            return self._prompt_logits(ids)
         ids = np.asarray(ids, dtype=np.int64)
         if ids.ndim != 1 or len(ids) == 0:
             raise ValueError("logits: expected a non-empty list of token ids")
@@ -95,9 +110,13 @@ class LLM:
             return (t.text for t in gen if t.text)
         return "".join(t.text for t in gen)
 
-    def prompt_of(self, prompt: str | list[int]) -> Prompt:
+    def prompt_of(self, prompt: str | list[int] | list[str | ImageRef]) -> Prompt:
+        """A Prompt from text (BOS added), token ids (as they are), or a list of text
+        pieces and ImageRefs (BOS added)."""
         if isinstance(prompt, str):
             return Prompt(self.tokenize(prompt, add_bos=True))
+        if any(isinstance(p, (str, ImageRef)) for p in prompt):
+            return self.build_prompt(prompt, add_bos=True)
         return Prompt([int(t) for t in prompt])
 
     def complete(self, prompt: str | list[int], max_tokens: int | None = 128, stop=(), ignore_eos: bool = False,
@@ -106,20 +125,110 @@ class LLM:
         return self._run(self.prompt_of(prompt), stream, max_tokens, stop, ignore_eos, sampling)
 
     def chat_prompt(self, messages: list[dict]) -> Prompt:
-        ids: list[int] = []
-        for p in render(messages, self.chat_template):
-            if isinstance(p, ImageRef):
-                raise ValueError("this model has no vision tower: images are not supported")
-            ids += self.tokenizer.encode(p, add_bos=False, special=True)
-        return Prompt(ids)
+        return self.build_prompt(render(messages, self.chat_template))
 
     def chat(self, messages: list[dict], max_tokens: int | None = 512, stop=(), stream: bool = False,
              **sampling) -> str | Iterator[str]:
         """Reply to OpenAI-style messages with Gemma's chat template."""
         return self._run(self.chat_prompt(messages), stream, max_tokens, stop, False, sampling)
 
+    # -- images ----------------------------------------------------------------------------
 
-def load(model_path: str | os.PathLike, mmproj: str | os.PathLike | None = None, n_ctx: int = 8192,
+    def _load_vision(self, mmproj, threads: int | None):
+        from .vision import load_vision
+        tower = load_vision(mmproj, threads)
+        if tower.cfg.proj_dim != self.cfg.d or tower.weights.input_projection.shape[1] != self.cfg.d:
+            raise ValueError(f"--mmproj {tower.gguf.path}: projects images to width "
+                             f"{tower.weights.input_projection.shape[1]}, but the model's width is "
+                             f"{self.cfg.d}: this projector belongs to another model")
+        for piece in ("<start_of_image>", "<end_of_image>"):
+            if self.tokenizer.token_id(piece) is None:
+                raise ValueError(f"--mmproj: the model's vocabulary has no {piece} token")
+        return tower
+
+    @property
+    def has_vision(self) -> bool:
+        return self.vision is not None
+
+    @property
+    def image_tokens(self) -> int:
+        """Soft tokens per image (256 for Gemma 3); 0 without a vision projector."""
+        return self.vision.cfg.n_tokens if self.vision else 0
+
+    def _need_vision(self):
+        if self.vision is None:
+            raise ValueError("this model was loaded without a vision projector: to use images, "
+                             "pass --mmproj FILE (the model's mmproj GGUF)")
+        return self.vision
+
+    def image(self, source) -> tuple[int, np.ndarray]:
+        """(content hash, soft tokens [n, d] read-only) of an image: a path, bytes, a data
+        URI or a PIL image. Encoded once: equal images come from the cache.
+        Raises ImageError (a ValueError) for an image that cannot be used."""
+        from .images import open_image
+        tower = self._need_vision()
+        pixels = tower.resize(open_image(source))                 # [S, S, 3] uint8
+        key = tower.key(pixels)
+        emb = self._images.get(key)
+        if emb is None:
+            emb = tower.encode(tower.normalize(pixels))
+            emb.flags.writeable = False
+            self._images[key] = emb
+            while len(self._images) > IMAGE_CACHE:
+                self._images.popitem(last=False)
+        self._images.move_to_end(key)
+        return key, emb
+
+    def embed_image(self, image) -> np.ndarray:
+        """[n_tokens, d] float32 (n_tokens = 256 for Gemma 3): the projected soft tokens of
+        `image` (a path, bytes, a data URI or a PIL image) exactly as they enter the
+        text model. Raises ImageError for an unusable image and ValueError without an
+        mmproj."""
+        return self.image(image)[1].copy()
+
+    def build_prompt(self, pieces: list[str | ImageRef], add_bos: bool = False) -> Prompt:
+        """A Prompt from text pieces and images, in order. Each image becomes, as in
+        transformers' Gemma3Processor, `\\n\\n<start_of_image>` + n soft-token slots +
+        `<end_of_image>\\n\\n`, the newlines tokenized together with the text around
+        them. Text may hold control tokens (`<start_of_turn>`); BOS is added if asked."""
+        ids: list[int] = [self.tokenizer.bos_id] if add_bos else []
+        slots: list[ImageSlot] = []
+        text = ""
+        for p in pieces:
+            if isinstance(p, str):
+                text += p
+                continue
+            key, emb = self.image(p.source if isinstance(p, ImageRef) else p)
+            ids += self.tokenizer.encode(text + "\n\n", add_bos=False, special=True)
+            ids.append(self.tokenizer.token_id("<start_of_image>"))
+            slots.append(ImageSlot(len(ids), emb, key))
+            ids += [self.tokenizer.pad_id] * len(emb)           # placeholders: the embeddings replace them
+            ids.append(self.tokenizer.token_id("<end_of_image>"))
+            text = "\n\n"
+        ids += self.tokenizer.encode(text, add_bos=False, special=True)
+        return Prompt(ids, slots)
+
+    def image_prompt(self, image, text: str = "", add_bos: bool = True) -> Prompt:
+        """A raw-completion Prompt: the image, then `text` (for base models; chat models
+        read images through `chat` / `chat_prompt` messages)."""
+        return self.build_prompt([ImageRef(image), text], add_bos=add_bos)
+
+    def _prompt_logits(self, prompt: Prompt) -> np.ndarray:
+        """All-position logits of a Prompt with images, in a fresh context, computed in
+        the engine's chunks (an image never split)."""
+        n = len(prompt)
+        engine = Engine(self.weights, self.cfg, self.tokenizer, n_ctx=n + 1, n_batch=self.engine.n_batch)
+        keys = prompt.keys()
+        out = np.empty((n, self.cfg.n_vocab), dtype=np.float32)
+        start = 0
+        while start < n:
+            stop = engine._chunk_end(prompt, start, n)
+            out[start:stop] = engine._forward(prompt, keys, start, stop, "all")
+            start = stop
+        return out
+
+
+def load(model_path: str | os.PathLike, mmproj: str | os.PathLike | GGUFFile | None = None, n_ctx: int = 8192,
          threads: int | None = None, resident: bool | None = None, offset: int = 0,
          length: int | None = None) -> LLM:
     """Load a Gemma 3 GGUF (from a file, or a region of one) ready to generate."""

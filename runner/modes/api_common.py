@@ -1,0 +1,288 @@
+"""What the server's endpoints share: options, state, OpenAI-shaped errors, request field
+validation, sampling settings from a request, token pieces, SSE framing.
+
+Every value a client sends passes through `Fields`, which names the field, the expected
+type or range and what was found, so that a bad request is a 400 with a useful message
+and never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..sampling import SamplingParams
+from ..tokenizer import TokenType
+from .slots import Metrics
+
+MAX_LOGPROBS = 20            # top alternatives a request may ask for (OpenAI's limit)
+MAX_STOP = 16                # stop strings in one request
+
+
+class APIError(Exception):
+    """An error for the client: status and OpenAI's error body."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
+               code: str | int | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+@dataclass
+class Options:
+    """The server's settings (from the command line, or given directly by tests)."""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None
+    parallel: int = 1
+    threads: int | None = None           # BLAS threads (None: all cores), shared among slots
+    nobrowser: bool = True
+    log: bool = True
+    sampling: SamplingParams = field(default_factory=SamplingParams)   # a request's defaults
+    n_predict: int = -1                  # default token limit (-1: none)
+    model_path: str = ""
+
+    @classmethod
+    def from_args(cls, args) -> Options:
+        from ..args import sampling_from_args
+        return cls(host=args.host, port=args.port, api_key=args.api_key or None, parallel=args.parallel,
+                   threads=args.threads,
+                   nobrowser=args.nobrowser, log=not args.log_disable, sampling=sampling_from_args(args),
+                   n_predict=args.n_predict, model_path=args.model or "")
+
+
+class State:
+    """The app's state: the model (None while it loads), the slots, the counters."""
+
+    def __init__(self, options: Options):
+        self.options = options
+        self.llm = None
+        self.metrics = Metrics()
+        self.pool = None                 # slots.SlotPool once the model is loaded
+        self.load_error: str | None = None
+        self.started = int(time.time())
+        self._json_vocab = None
+        self._json_lock = threading.Lock()
+        self._prompt_lock = threading.Lock()
+
+    def log(self, message: str) -> None:
+        if self.options.log:
+            print(message, file=sys.stderr, flush=True)
+
+    def chat_prompt(self, messages: list):
+        """The model's prompt for `messages`, one request at a time: images are encoded
+        here, and the model's image cache is not thread-safe."""
+        with self._prompt_lock:
+            return self.llm.chat_prompt(messages)
+
+    def json_vocab(self):
+        """The vocabulary as JSON mode reads it, built on first use (0.2 s)."""
+        with self._json_lock:
+            if self._json_vocab is None:
+                from .jsonmode import JSONVocab
+                self._json_vocab = JSONVocab(self.llm.tokenizer)
+            return self._json_vocab
+
+
+# -- request fields -------------------------------------------------------------------------
+
+def parse_json(raw: bytes) -> Any:
+    if not raw.strip():
+        raise bad("the request body is empty: expected a JSON object")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad(f"the request body is not valid JSON: {e}") from None
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+            dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+class Fields:
+    """Typed access to a request's JSON object; each getter raises a 400 naming the field."""
+
+    def __init__(self, body: Any):
+        if not isinstance(body, dict):
+            raise bad(f"the request body must be a JSON object, not {_type_name(body)}")
+        self.body = body
+
+    def has(self, name: str) -> bool:
+        return self.body.get(name) is not None
+
+    def raw(self, name: str, default: Any = None) -> Any:
+        v = self.body.get(name)
+        return default if v is None else v
+
+    def _expect(self, name: str, value: Any, what: str) -> APIError:
+        return bad(f"'{name}' must be {what}, got {_type_name(value)} {json.dumps(value)[:40]}", name)
+
+    def number(self, name: str, default: float | None, lo: float | None = None,
+               hi: float | None = None) -> float | None:
+        v = self.body.get(name)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise self._expect(name, v, "a number")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise bad(f"'{name}' must be {_range(lo, hi)}, got {v}", name)
+        return float(v)
+
+    def integer(self, name: str, default: int | None, lo: int | None = None, hi: int | None = None) -> int | None:
+        v = self.body.get(name)
+        if v is None:
+            return default
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self._expect(name, v, "an integer")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise bad(f"'{name}' must be {_range(lo, hi)}, got {v}", name)
+        return v
+
+    def boolean(self, name: str, default: bool) -> bool:
+        v = self.body.get(name)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise self._expect(name, v, "true or false")
+        return v
+
+    def string(self, name: str, default: str | None = None) -> str | None:
+        v = self.body.get(name)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            raise self._expect(name, v, "a string")
+        return v
+
+    def obj(self, name: str) -> dict | None:
+        v = self.body.get(name)
+        if v is not None and not isinstance(v, dict):
+            raise self._expect(name, v, "an object")
+        return v
+
+    def stop(self, name: str = "stop") -> list[str]:
+        v = self.body.get(name)
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [v] if v else []
+        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+            raise self._expect(name, v, "a string or an array of strings")
+        if len(v) > MAX_STOP:
+            raise bad(f"'{name}' may hold at most {MAX_STOP} strings, got {len(v)}", name)
+        return [s for s in v if s]
+
+    def token_ids(self, name: str, v: Any, n_vocab: int) -> list[int]:
+        if not isinstance(v, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in v):
+            raise self._expect(name, v, "an array of token ids")
+        out_of_range = [t for t in v if not 0 <= t < n_vocab]
+        if out_of_range:
+            raise bad(f"'{name}': token id {out_of_range[0]} is out of range (the vocabulary has "
+                      f"{n_vocab} tokens: 0..{n_vocab - 1})", name)
+        return v
+
+    def logit_bias(self, n_vocab: int, name: str = "logit_bias") -> dict[int, float]:
+        """OpenAI's {"token id": bias} (bias -100..100; -100 bans the token), or llama.cpp's
+        [[id, bias], ...] where a bias of false bans."""
+        v = self.body.get(name)
+        if v is None:
+            return {}
+        pairs = list(v.items()) if isinstance(v, dict) else v
+        if not isinstance(pairs, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+            raise self._expect(name, v, 'an object mapping token ids to biases ({"123": -100})')
+        out: dict[int, float] = {}
+        for key, b in pairs:
+            try:
+                tok = int(key) if not isinstance(key, (bool, float)) else None
+            except ValueError:
+                tok = None
+            if tok is None or not 0 <= tok < n_vocab:
+                raise bad(f"'{name}': key {json.dumps(key)} is not a token id (0..{n_vocab - 1})", name)
+            if b is False:
+                b = -100
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not -100 <= b <= 100:
+                raise bad(f"'{name}': the bias of token {tok} must be a number from -100 to 100, "
+                          f"got {json.dumps(b)}", name)
+            # why: OpenAI documents -100 as a ban; a finite -100 could still win a greedy
+            # pick among tokens that are all unlikely
+            out[tok] = -math.inf if b <= -100 else float(b)
+        return out
+
+
+def _range(lo, hi) -> str:
+    if lo is not None and hi is not None:
+        return f"from {lo} to {hi}"
+    return f">= {lo}" if lo is not None else f"<= {hi}"
+
+
+def sampling_params(f: Fields, defaults: SamplingParams, n_vocab: int, server_seed: int | None) -> SamplingParams:
+    """The sampling settings of a request: OpenAI's fields and llama.cpp's extras."""
+    seed = f.integer("seed", server_seed)
+    if seed == -1:                       # llama.cpp: -1 is a random seed
+        seed = None
+    return replace(
+        defaults,
+        temperature=f.number("temperature", defaults.temperature, 0.0, 2.0),
+        top_p=f.number("top_p", defaults.top_p, 0.0, 1.0),
+        top_k=f.integer("top_k", defaults.top_k, 0, n_vocab),
+        min_p=f.number("min_p", defaults.min_p, 0.0, 1.0),
+        repeat_penalty=f.number("repeat_penalty", defaults.repeat_penalty, 0.0, 10.0),
+        repeat_last_n=f.integer("repeat_last_n", defaults.repeat_last_n, -1),
+        presence_penalty=f.number("presence_penalty", defaults.presence_penalty, -2.0, 2.0),
+        frequency_penalty=f.number("frequency_penalty", defaults.frequency_penalty, -2.0, 2.0),
+        logit_bias=f.logit_bias(n_vocab),
+        seed=None if seed is None else seed & 0xFFFFFFFFFFFFFFFF,      # numpy wants seed >= 0
+    )
+
+
+def max_tokens(f: Fields, default: int, *names: str) -> int | None:
+    """The token limit from the first of `names` present; None: no limit."""
+    for name in names:
+        if f.has(name):
+            n = f.integer(name, None, -1)
+            return None if n == -1 else n
+    return None if default < 0 else default
+
+
+# -- responses ------------------------------------------------------------------------------
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def token_piece(tokenizer, tok: int) -> tuple[str, list[int]]:
+    """A token's text and its bytes (a byte token is one raw byte of a UTF-8 character)."""
+    piece = tokenizer.tokens[tok]
+    if int(tokenizer.types[tok]) == TokenType.BYTE and len(piece) == 6 and piece.startswith("<0x"):
+        b = int(piece[3:5], 16)
+        return bytes([b]).decode("utf-8", "replace"), [b]
+    text = tokenizer.decode([tok])
+    return text, list(text.encode("utf-8"))
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

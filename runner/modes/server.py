@@ -1,0 +1,351 @@
+"""--server: the web page and an OpenAI-compatible API on FastAPI/uvicorn.
+
+    gemma-runner --server [--host 127.0.0.1] [--port 8080] [--nobrowser] [--api-key KEY] [-np N]
+
+Routes: GET / (the page, runner/web/), /health, /v1/models, /props, /slots, /metrics;
+POST /v1/chat/completions, /v1/completions, /completion, /tokenize, /detokenize.
+
+The API answers in OpenAI's error shape: 400 for anything wrong in a request, 401 for a
+missing or wrong key (with --api-key: every route but the page and /health), 404/405
+for unknown routes, 503 while the model loads. An unexpected exception is logged with
+its traceback and answered 400 (the request could not be served) or 503, never with a
+500 and a traceback for the client.
+
+Modules: api_common (options, validation, errors), openai_api and llama_api (the
+handlers), slots (scheduling generation across -np engines), jsonmode (JSON output).
+"""
+from __future__ import annotations
+
+import hmac
+import socket
+import sys
+import threading
+import time
+import traceback
+import webbrowser
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.staticfiles import StaticFiles
+
+from ..engine import Engine
+from . import llama_api, openai_api
+from .api_common import APIError, Options, State, error_body
+from .slots import SlotPool
+
+WEB = Path(__file__).resolve().parent.parent / "web"
+PUBLIC = ("/", "/health", "/favicon.ico")          # never behind the API key
+KNOWN = ("/v1/chat/completions", "/v1/completions", "/completion", "/tokenize", "/detokenize", "/v1/models",
+         "/props", "/slots", "/metrics")             # paths counted by name when refused
+INPUT_ERRORS = (ValueError, TypeError, LookupError, ArithmeticError, UnicodeError, RecursionError)
+
+
+def error_response(status: int, message: str, type: str, code=None, headers=None) -> JSONResponse:
+    return JSONResponse(error_body(message, type, None, code), status_code=status, headers=headers)
+
+
+def attach_model(state: State, llm) -> None:
+    """Make the model servable: one engine per slot, all sharing the weights."""
+    engines = [llm.engine] + [Engine(llm.weights, llm.cfg, llm.tokenizer, n_ctx=llm.n_ctx)
+                              for _ in range(state.options.parallel - 1)]
+    state.pool = SlotPool(engines, state.metrics, state, state.options.threads)
+    state.llm = llm                                  # last: a non-None llm means ready
+
+
+def create_app(llm, options: Options | object | None = None) -> FastAPI:
+    """The app. `llm`: a loaded model, or a function that loads one (the server answers
+    503 on /health and the API until it returns). `options`: an Options, or the parsed
+    command line."""
+    if options is None:
+        options = Options()
+    elif not isinstance(options, Options):
+        options = Options.from_args(options)
+    state = State(options)
+    loader: Callable | None = None
+    if callable(llm) and not hasattr(llm, "engine"):
+        loader = llm
+    else:
+        attach_model(state, llm)
+
+    def load() -> None:
+        try:
+            attach_model(state, loader())
+        except Exception as e:                       # reported by /health
+            state.load_error = f"{type(e).__name__}: {e}"
+            state.log(f"loading failed: {state.load_error}")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if loader is not None:
+            threading.Thread(target=load, name="load-model", daemon=True).start()
+        yield
+        if state.pool is not None:
+            state.pool.shutdown()                    # running generations stop at their next token
+
+    app = FastAPI(title="gemma-runner", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.gemma = state
+    app.add_middleware(Guard, state=state)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError) -> Response:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> Response:
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        message = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
+        return error_response(e.status_code, message, kind, e.status_code, getattr(e, "headers", None))
+
+    install_routes(app, state)
+    return app
+
+
+class Guard:
+    """ASGI middleware (plain, so streams and disconnects pass through untouched): the API
+    key, 503 while loading, a clean answer for unexpected exceptions, request counts."""
+
+    def __init__(self, app, state: State):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state, path = self.state, scope["path"]
+        public = path in PUBLIC or path.startswith("/web/")
+        key = state.options.api_key
+        if key and not public and not authorized(scope, key):
+            state.metrics.request(path if path in KNOWN else "other", 401)
+            return await error_response(401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
+                                        "authentication_error", "invalid_api_key",
+                                        headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        if state.llm is None and not public:
+            state.metrics.request(path if path in KNOWN else "other", 503)
+            return await loading_response(state)(scope, receive, send)
+        status = None
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except Exception as e:                       # what no exception handler mapped
+            if status is None:
+                response = unexpected(state, scope, e)
+                status = response.status_code
+                await response(scope, receive, send)
+            else:                                     # a stream already under way: only log it
+                state.log(f"error in {scope['method']} {path} after the response began:\n"
+                          f"{traceback.format_exc().rstrip()}")
+        route = scope.get("route")
+        state.metrics.request(getattr(route, "path", None) or "other", status or 0)
+
+
+def authorized(scope, key: str) -> bool:
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    auth = headers.get("authorization", "")
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
+    return hmac.compare_digest(given.encode(), key.encode())
+
+
+def unexpected(state: State, scope, e: Exception) -> Response:
+    """An exception no handler expected: logged in full, answered without a traceback."""
+    state.log(f"error in {scope['method']} {scope['path']}:\n{traceback.format_exc().rstrip()}")
+    if isinstance(e, INPUT_ERRORS):
+        return error_response(400, f"the request could not be processed: {type(e).__name__}: {e}",
+                              "invalid_request_error")
+    return error_response(503, "the server could not process the request; see its log", "server_error")
+
+
+def loading_response(state: State) -> Response:
+    if state.load_error:
+        return error_response(503, f"the model failed to load: {state.load_error}", "unavailable_error", 503)
+    return error_response(503, "Loading model", "unavailable_error", 503)
+
+
+def install_routes(app: FastAPI, state: State) -> None:
+    @app.get("/health")
+    async def health() -> Response:
+        if state.llm is None:
+            return loading_response(state)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/v1/models")
+    @app.get("/models")
+    async def models() -> Response:
+        llm = state.llm
+        return JSONResponse({"object": "list", "data": [{
+            "id": openai_api.model_id(llm), "object": "model", "created": state.started,
+            "owned_by": "gemma-runner",
+            "meta": {"name": llm.name, "n_ctx": llm.n_ctx, "n_vocab": llm.n_vocab}}]})
+
+    @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await openai_api.chat_completions(state, request)
+
+    @app.post("/v1/completions")
+    @app.post("/completions")
+    async def completions(request: Request) -> Response:
+        return await openai_api.completions(state, request)
+
+    @app.post("/completion")
+    async def completion(request: Request) -> Response:
+        return await llama_api.completion(state, request)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Response:
+        return await llama_api.tokenize(state, request)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Response:
+        return await llama_api.detokenize(state, request)
+
+    @app.get("/props")
+    async def props() -> Response:
+        return JSONResponse(llama_api.props(state))
+
+    @app.get("/slots")
+    async def slots() -> Response:
+        return JSONResponse(llama_api.slots(state))
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        pool = state.pool
+        return PlainTextResponse(state.metrics.render(pool.busy, pool.waiting, len(pool.slots)),
+                                 media_type="text/plain; version=0.0.4")
+
+    @app.get("/")
+    async def index() -> Response:
+        return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        return Response(status_code=204)
+
+    app.mount("/web", StaticFiles(directory=WEB), name="web")
+
+
+# -- running it -----------------------------------------------------------------------------
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (IPv4 or IPv6); OSError with a clear message."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise OSError(f"cannot resolve --host {host}: {e.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror} (choose another --port)") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def browse_url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
+
+
+def open_browser(url: str) -> None:
+    """Open a tab in a thread; no browser (a server, a container) is not an error."""
+    def go() -> None:
+        try:
+            webbrowser.open(url, new=2)
+        except Exception:
+            pass
+    threading.Thread(target=go, name="browser", daemon=True).start()
+
+
+@contextmanager
+def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve `app` with uvicorn in a background thread (port 0: a free one) until the
+    block ends; yields the base URL. For tests and benchmarks."""
+    import uvicorn
+    sock = listen(host, port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    try:
+        yield browse_url(host, sock.getsockname()[1]).rstrip("/")
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+def chat_template(llm, args) -> str | None:
+    """The template /v1/chat/completions formats with: --chat-template, else the model
+    file's, else (None) the built-in Gemma format, which a base model without a template
+    gets too. ChatError for a --chat-template that does not compile."""
+    from ..chat import ChatError, compile_template
+    if args.chat_template:
+        if args.chat_template == "gemma":
+            return None
+        compile_template(args.chat_template)
+        return args.chat_template
+    own = llm.gguf.get("tokenizer.chat_template")
+    if own:
+        try:
+            compile_template(own)
+            return own
+        except ChatError as e:
+            if not args.log_disable:
+                print(f"gemma-runner: the model's {e}; using the built-in Gemma format", file=sys.stderr)
+    return None
+
+
+def run(llm, args) -> int:
+    import uvicorn
+    from ..args import die
+    from ..chat import ChatError
+    options = Options.from_args(args)
+    try:
+        llm.chat_template = chat_template(llm, args)
+    except ChatError as e:
+        return die(f"--chat-template: {e}", 2)
+    app = create_app(llm, options)
+    try:
+        sock = listen(options.host, options.port)
+    except OSError as e:
+        return die(str(e))
+    port = sock.getsockname()[1]
+    url = browse_url(options.host, port)
+    print(f"{llm.name}: serving the chat page at {url} and the OpenAI API at {url}v1 "
+          f"({options.parallel} slot{'s' if options.parallel > 1 else ''}; Ctrl-C stops)", flush=True)
+    config = uvicorn.Config(app, log_level="info" if options.log else "critical", access_log=options.log,
+                            timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
+    if not options.nobrowser:
+        def when_up() -> None:
+            for _ in range(300):
+                if server.started:
+                    open_browser(url)
+                    return
+                time.sleep(0.1)
+        threading.Thread(target=when_up, name="browser-when-up", daemon=True).start()
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    return 0

@@ -1,0 +1,425 @@
+"""Generation across the `-np N` slots: one engine each (its own KV cache, shared weights).
+
+    pool = SlotPool(engines, metrics)
+    async with aclosing(pool.run(job)) as events:
+        async for kind, value in events:      # "progress", "token", then "done" or "error"
+            ...
+
+Scheduling: requests wait in arrival order for a free slot. A request takes, among the
+free slots, the one whose cache shares the longest prefix with its prompt (the next turn
+of a chat finds its conversation still cached), else the one idle the longest.
+
+Concurrency: an engine is not thread-safe, so a slot runs one job at a time, in a worker
+thread (numpy releases the GIL inside BLAS, so the event loop keeps serving other
+clients meanwhile). The worker hands events to the request's asyncio queue and checks a
+cancel flag between tokens and between prefill chunks: a client that goes away stops its
+generation within one token. The worker itself frees the slot when the engine is idle
+again, so the next request can never touch an engine still in use. While several slots
+compute, the BLAS threads are split among them (BlasShare).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable
+
+import numpy as np
+
+from .. import model as M
+from ..cache import make_caches
+from ..engine import Engine, Prompt, Stats, set_blas_threads
+from ..sampling import SamplingParams, log_softmax
+
+PREFILL_CHUNK = 256          # tokens per prefill step: the granularity of progress and cancel
+POLL_S = 0.5                 # how often a waiting non-streaming request checks its client
+
+
+@dataclass
+class Job:
+    prompt: Prompt
+    params: SamplingParams
+    max_tokens: int | None = None         # None: until the end of text or context; 0: none
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None           # None: no log-probabilities; n: with the top n
+    json_vocab: object | None = None      # jsonmode.JSONVocab: constrain the output to JSON
+    progress: bool = False                # report prefill progress events
+    prompt_logprobs: int | None = None    # also score the prompt's tokens (echo + logprobs)
+
+
+@dataclass
+class Result:
+    slot: int
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    prefill_s: float = 0.0
+    generated_tokens: int = 0
+    decode_s: float = 0.0
+    finish_reason: str = ""               # "stop" or "length" (a full context is "length")
+    prompt_logprobs: list | None = None   # per prompt token: None or (logprob, top [(id, lp)])
+
+    def timings(self) -> dict:
+        """llama.cpp's timings object."""
+        n_prompt = self.prompt_tokens - self.cached_tokens
+        return {"prompt_n": n_prompt, "prompt_ms": self.prefill_s * 1e3,
+                "prompt_per_second": n_prompt / self.prefill_s if self.prefill_s > 0 else 0.0,
+                "predicted_n": self.generated_tokens, "predicted_ms": self.decode_s * 1e3,
+                "predicted_per_second": self.generated_tokens / self.decode_s if self.decode_s > 0 else 0.0,
+                "cache_n": self.cached_tokens}
+
+
+class Metrics:
+    """Counters for /metrics, updated from the event loop and the workers."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests: Counter[tuple[str, int]] = Counter()
+        self.prompt_tokens = self.cached_tokens = self.generated_tokens = 0
+        self.prefill_s = self.decode_s = 0.0
+        self.completions = 0
+        self.cancelled = 0
+
+    def request(self, path: str, status: int) -> None:
+        with self.lock:
+            self.requests[(path, status)] += 1
+
+    def record(self, r: Result, cancelled: bool) -> None:
+        with self.lock:
+            self.completions += 1
+            self.cancelled += cancelled
+            self.prompt_tokens += r.prompt_tokens
+            self.cached_tokens += r.cached_tokens
+            self.prefill_s += r.prefill_s
+            self.generated_tokens += r.generated_tokens
+            self.decode_s += r.decode_s
+
+    def render(self, busy: int, waiting: int, slots: int) -> str:
+        """Prometheus text exposition format."""
+        with self.lock:
+            prefilled = self.prompt_tokens - self.cached_tokens
+            rows = [
+                ("requests_total", "counter", "HTTP requests by route and status",
+                 [({"path": p, "status": str(s)}, n) for (p, s), n in sorted(self.requests.items())]),
+                ("completions_total", "counter", "generations run (cancelled ones included)", [({}, self.completions)]),
+                ("completions_cancelled_total", "counter", "generations stopped because the client left",
+                 [({}, self.cancelled)]),
+                ("prompt_tokens_total", "counter", "prompt tokens of all generations", [({}, self.prompt_tokens)]),
+                ("prompt_tokens_cached_total", "counter", "prompt tokens reused from a slot's cache",
+                 [({}, self.cached_tokens)]),
+                ("prompt_seconds_total", "counter", "time spent on prefill", [({}, self.prefill_s)]),
+                ("tokens_predicted_total", "counter", "generated tokens", [({}, self.generated_tokens)]),
+                ("tokens_predicted_seconds_total", "counter", "time spent on decoding", [({}, self.decode_s)]),
+                ("prompt_tokens_per_second", "gauge", "average prefill throughput",
+                 [({}, prefilled / self.prefill_s if self.prefill_s else 0.0)]),
+                ("predicted_tokens_per_second", "gauge", "average decode throughput",
+                 [({}, self.generated_tokens / self.decode_s if self.decode_s else 0.0)]),
+                ("requests_processing", "gauge", "slots generating now", [({}, busy)]),
+                ("requests_deferred", "gauge", "requests waiting for a slot", [({}, waiting)]),
+                ("slots", "gauge", "parallel slots (-np)", [({}, slots)]),
+            ]
+        out = []
+        for name, kind, help_, samples in rows:
+            out += [f"# HELP gemma_runner_{name} {help_}", f"# TYPE gemma_runner_{name} {kind}"]
+            for labels, v in samples:
+                lab = ",".join(f'{k}="{_label(x)}"' for k, x in labels.items())
+                out.append(f"gemma_runner_{name}{{{lab}}} {v:g}" if lab else f"gemma_runner_{name} {v:g}")
+        return "\n".join(out) + "\n"
+
+
+def _label(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Slot:
+    def __init__(self, id: int, engine: Engine):
+        self.id, self.engine = id, engine
+        self.busy = False
+        self.last_used = 0.0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    x, y = np.asarray(a[:n]), np.asarray(b[:n])
+    diff = np.flatnonzero(x != y)
+    return int(diff[0]) if len(diff) else n
+
+
+class BlasShare:
+    """Splits the BLAS threads among the slots computing at once. OpenBLAS calls made
+    from several threads at the same time, each wanting all the cores, contend so badly
+    that two streams ran at a third of one stream's speed; one thread per running slot
+    (all of them for a lone slot) keeps every core busy instead."""
+
+    def __init__(self, threads: int):
+        self.threads = max(1, threads)
+        self.active = 0
+        self.lock = threading.Lock()
+
+    def _set(self) -> None:
+        set_blas_threads(max(1, self.threads // max(1, self.active)))
+
+    def __enter__(self):
+        with self.lock:
+            self.active += 1
+            if self.active > 1:
+                self._set()
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.active -= 1
+            if self.active >= 1:
+                self._set()
+
+
+class SlotPool:
+    def __init__(self, engines: list[Engine], metrics: Metrics, state=None, threads: int | None = None):
+        self.slots = [Slot(i, e) for i, e in enumerate(engines)]
+        self.metrics = metrics
+        self.state = state                    # api_common.State: the JSON vocabulary, logs
+        self.blas = BlasShare(threads or os.cpu_count() or 1) if len(engines) > 1 else \
+            contextlib.nullcontext()
+        self._waiters: deque[tuple[asyncio.Future, list[int]]] = deque()
+        self._executor = ThreadPoolExecutor(len(engines), thread_name_prefix="slot")
+        self._cancels: set[threading.Event] = set()
+
+    @property
+    def busy(self) -> int:
+        return sum(s.busy for s in self.slots)
+
+    @property
+    def waiting(self) -> int:
+        return sum(not f.done() for f, _ in self._waiters)
+
+    # -- slots (event loop only) -------------------------------------------------------
+
+    def _pick(self, keys: list[int]) -> Slot | None:
+        free = [s for s in self.slots if not s.busy]
+        if not free:
+            return None
+        return max(free, key=lambda s: (common_prefix(s.engine.keys, keys), -s.last_used))
+
+    async def _acquire(self, keys: list[int]) -> Slot:
+        if not self._waiters:
+            slot = self._pick(keys)
+            if slot is not None:
+                slot.busy = True
+                return slot
+        fut = asyncio.get_running_loop().create_future()
+        entry = (fut, keys)
+        self._waiters.append(entry)
+        try:
+            return await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self._release(fut.result())       # granted just as the client left
+            elif entry in self._waiters:
+                self._waiters.remove(entry)
+            raise
+
+    async def _acquire_watching(self, keys: list[int], disconnected) -> Slot | None:
+        """A slot, or None if the client left while waiting for one."""
+        if disconnected is None:
+            return await self._acquire(keys)
+        task = asyncio.ensure_future(self._acquire(keys))
+        while not task.done():
+            await asyncio.wait({task}, timeout=POLL_S)
+            if not task.done() and await disconnected():
+                task.cancel()                     # leaves the queue (or frees a slot just granted)
+                await asyncio.wait({task})
+                if not task.cancelled() and task.exception() is None:
+                    self._release(task.result())  # granted before the cancel landed
+                return None
+        return task.result()
+
+    def _release(self, slot: Slot) -> None:
+        slot.busy = False
+        slot.last_used = time.monotonic()
+        while self._waiters:
+            fut, keys = self._waiters[0]
+            if fut.done():                        # its client left
+                self._waiters.popleft()
+                continue
+            s = self._pick(keys)
+            if s is None:
+                return
+            self._waiters.popleft()
+            s.busy = True
+            fut.set_result(s)
+
+    # -- a job -------------------------------------------------------------------------
+
+    async def run(self, job: Job, disconnected: Callable[[], Awaitable[bool]] | None = None
+                  ) -> AsyncIterator[tuple[str, object]]:
+        """Events of one generation: ("prompt_logprobs", list) if the job scores its
+        prompt, ("progress", dict)*, ("token", engine.Token)*, then ("done", Result) or
+        ("error", exception). Closing the iterator (or `disconnected` returning True)
+        cancels the generation."""
+        loop = asyncio.get_running_loop()
+        slot = await self._acquire_watching(job.prompt.keys(), disconnected)
+        if slot is None:
+            return
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        self._cancels.add(cancel)
+
+        def emit(event) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+            except RuntimeError:                  # the loop is gone (shutdown)
+                cancel.set()
+
+        def free() -> None:
+            self._cancels.discard(cancel)
+            self._release(slot)
+
+        try:
+            self._executor.submit(self._work, slot, job, emit, cancel,
+                                  lambda: loop.call_soon_threadsafe(free))
+        except RuntimeError:                      # the executor is shut down
+            free()
+            raise
+        try:
+            while True:
+                if disconnected is None:
+                    event = await queue.get()
+                else:
+                    try:
+                        event = await asyncio.wait_for(queue.get(), POLL_S)
+                    except asyncio.TimeoutError:
+                        if await disconnected():
+                            return
+                        continue
+                yield event
+                if event[0] in ("done", "error"):
+                    return
+        finally:
+            cancel.set()                          # no-op if the job already ended
+
+    def shutdown(self) -> None:
+        for c in list(self._cancels):
+            c.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- the worker (one thread per running job) ---------------------------------------
+
+    def _work(self, slot: Slot, job: Job, emit, cancel: threading.Event, free) -> None:
+        r = Result(slot=slot.id, prompt_tokens=len(job.prompt))
+        try:
+            with self.blas:
+                self._job(slot, job, r, emit, cancel)
+        except Exception as e:                    # reported to the client by the handler
+            emit(("error", e))
+        finally:
+            free()
+
+    def _job(self, slot: Slot, job: Job, r: Result, emit, cancel: threading.Event) -> None:
+        eng = slot.engine
+        if job.prompt_logprobs is not None:
+            r.prompt_logprobs = score_prompt(eng, job.prompt.tokens, job.prompt_logprobs, cancel)
+            emit(("prompt_logprobs", r.prompt_logprobs))
+        chunked = self._prefill(eng, job, r, emit, cancel)
+        if job.max_tokens == 0 or cancel.is_set():
+            r.finish_reason = "length"
+        else:
+            self._generate(eng, job, r, emit, cancel, chunked)
+        cancelled = cancel.is_set()
+        self.metrics.record(r, cancelled)
+        if self.state is not None and not cancelled:
+            t = r.timings()
+            self.state.log(f"slot {slot.id}: prompt {r.prompt_tokens} tokens ({r.cached_tokens} cached, "
+                           f"{t['prompt_per_second']:.0f} tok/s), {r.generated_tokens} generated "
+                           f"({t['predicted_per_second']:.1f} tok/s), {r.finish_reason}")
+        emit(("done", r))
+
+    def _prefill(self, eng: Engine, job: Job, r: Result, emit, cancel: threading.Event) -> bool:
+        """Evaluate the prompt a chunk at a time (all but its last PREFILL_CHUNK tokens,
+        which `generate` does): progress can be shown, and a cancel lands between chunks.
+        The engine's prefix reuse makes each step compute only its new tokens. True if
+        any chunk was evaluated here."""
+        prompt, n = job.prompt, len(job.prompt)
+        t0 = time.perf_counter()
+        done = min(common_prefix(eng.keys, prompt.keys()), n - 1)
+        r.cached_tokens = done
+        if job.progress:
+            emit(("progress", {"total": n, "cache": done, "processed": done, "time_ms": 0.0}))
+        first = True
+        while n - done > PREFILL_CHUNK and not cancel.is_set():
+            end = chunk_end(prompt, done, done + PREFILL_CHUNK)
+            st = Stats()
+            eng.prefill(Prompt(prompt.tokens[:end], [im for im in prompt.images
+                                                     if im.start + len(im.embeds) <= end]), st)
+            if first:                             # what the engine really reused
+                r.cached_tokens, first = st.cached_tokens, False
+            done = end
+            if job.progress:
+                emit(("progress", {"total": n, "cache": r.cached_tokens, "processed": done,
+                                   "time_ms": (time.perf_counter() - t0) * 1e3}))
+        if first:
+            return False
+        r.prefill_s = time.perf_counter() - t0
+        return True
+
+    def _generate(self, eng: Engine, job: Job, r: Result, emit, cancel: threading.Event, chunked: bool) -> None:
+        if job.json_vocab is not None:
+            from .jsonmode import generate_json
+            gen = generate_json(eng, job.json_vocab, job.prompt, job.params, job.max_tokens, job.stop,
+                                job.logprobs)
+        else:
+            gen = eng.generate(job.prompt, job.params, max_tokens=job.max_tokens, stop=job.stop,
+                               ignore_eos=job.ignore_eos, logprobs=job.logprobs)
+        try:
+            for tok in gen:
+                if cancel.is_set():
+                    break
+                emit(("token", tok))
+        finally:
+            gen.close()                           # the engine's cache stays consistent
+        st = eng.last_stats
+        if not chunked:
+            r.cached_tokens = st.cached_tokens
+        r.prefill_s += st.prefill_s
+        r.generated_tokens, r.decode_s = st.generated_tokens, st.decode_s
+        r.finish_reason = "stop" if st.finish_reason == "stop" else "length"
+
+
+def chunk_end(prompt: Prompt, start: int, end: int) -> int:
+    """The end of the prefill chunk start..end, moved back to the start of an image it
+    would split, or past the image if it starts there (an image is computed whole)."""
+    for im in prompt.images:
+        a, b = im.start, im.start + len(im.embeds)
+        if a < end < b:
+            return a if a > start else b
+    return end
+
+
+def score_prompt(eng: Engine, ids: list[int], top_n: int, cancel: threading.Event) -> list:
+    """log p of each prompt token given the ones before it (None for the first), with the
+    top_n alternatives, computed in a fresh context a chunk at a time so that only a
+    [chunk, n_vocab] block of logits is held (the slot's cache is left alone)."""
+    n = len(ids)
+    caches = make_caches(eng.cfg, n)
+    out: list = [None]
+    step = 64
+    ids_arr = np.asarray(ids, dtype=np.int64)
+    for s in range(0, n - 1, step):
+        if cancel.is_set():
+            break
+        e = min(n - 1, s + step)
+        logits = M.forward(eng.W, eng.cfg, caches, ids_arr[s:e], s, logits="all")   # [e - s, n_vocab]
+        for row, tok in zip(logits, ids[s + 1:e + 1]):
+            ls = log_softmax(row)
+            top = []
+            if top_n > 0:
+                best = np.argpartition(-ls, top_n - 1)[:top_n]
+                best = best[np.argsort(-ls[best], kind="stable")]
+                top = [(int(i), float(ls[i])) for i in best]
+            out.append((float(ls[tok]), top))
+    return out

@@ -38,27 +38,36 @@ def model_source(args) -> tuple[str, int, int | None] | None:
     return None
 
 
-def load_model(args):
-    import runner
+def open_model(args):
+    """The GGUF to run, opened (its header checked: fast), or GGUFError."""
+    from .gguf import GGUFError, GGUFFile
     src = model_source(args)
     if src is None:
-        raise runner.GGUFError("this runner has no embedded model: pass -m FILE.gguf")
-    path, offset, length = src
-    if not os.path.exists(path):
-        raise runner.GGUFError(f"{path}: no such file")
-    log(args, f"loading {os.path.basename(path)} ...")
-    return runner.load(path, mmproj=args.mmproj, n_ctx=args.ctx_size, threads=args.threads,
-                       offset=offset, length=length)
+        raise GGUFError("this runner has no embedded model: pass -m FILE.gguf")
+    if not os.path.exists(src[0]):
+        raise GGUFError(f"{src[0]}: no such file")
+    return GGUFFile(*src)
+
+
+def load_model(args, g=None):
+    """The model ready to generate: -m / embedded weights, --mmproj / an embedded one."""
+    from .llm import LLM
+    g = g or open_model(args)
+    mmproj = args.mmproj
+    emb = getattr(args, "embedded", None)
+    if mmproj is None and args.model is None and emb is not None and emb.region("mmproj"):
+        from .gguf import GGUFFile
+        mmproj = GGUFFile(*emb.region("mmproj"))
+    log(args, f"loading {os.path.basename(g.path) if not emb or args.model else emb.names['model']} ...")
+    return LLM(g, n_ctx=args.ctx_size, threads=args.threads, mmproj=mmproj)
 
 
 def model_name(args) -> str:
     """The model's name from its metadata, without loading the weights."""
-    from .gguf import GGUFFile
-    src = model_source(args)
-    if src is None:
+    if model_source(args) is None:
         return "no model"
-    g = GGUFFile(*src)
-    return str(g.get("general.name") or os.path.basename(src[0]))
+    g = open_model(args)
+    return str(g.get("general.name") or os.path.basename(g.path))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,13 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_gpu_layers is not None:
         log(args, f"{PROG}: -ngl ignored: this build runs on the CPU")
     try:
-        llm = load_model(args)
+        g = open_model(args)
+        if args.mode == "server":
+            # serve at once (503 on /health) while the weights load
+            from .modes.server import run as serve
+            return serve(lambda: load_model(args, g), args, name=str(g.get("general.name") or ""))
+        llm = load_model(args, g)
     except (GGUFError, ValueError, OSError) as e:
         return die(str(e))
     if args.mode == "cli":
         from .modes.cli import run
-    elif args.mode == "server":
-        from .modes.server import run
     else:
         from .modes.repl import run
     return run(llm, args)

@@ -126,6 +126,26 @@ def render(messages: list[dict], template: str | None = None, add_generation_pro
 MEDIA_MARKER = "<__media__>"
 
 
+def resolve_template(requested: str | None, own: str | None) -> tuple[str | None, str, str | None]:
+    """Which template a model chats with: (template for `render`, how to describe it, a
+    warning or None). `requested` (--chat-template) is "gemma" or a Jinja string, and
+    must compile (ChatError); else the model file's own template `own`, or the built-in
+    Gemma format with a warning if that does not compile; else None: no chat template
+    (a base model: the REPL then runs in raw completion mode)."""
+    if requested == "gemma":
+        return "gemma", "Gemma chat format (--chat-template gemma)", None
+    if requested:
+        compile_template(requested)
+        return requested, "chat template from --chat-template", None
+    if own:
+        try:
+            compile_template(own)
+            return own, "chat template from the model file", None
+        except ChatError as e:
+            return "gemma", "Gemma chat format (built in)", f"the model's {e}; using the built-in Gemma format"
+    return None, "no chat template", None
+
+
 def compile_template(source: str):
     """A Jinja chat template, compiled in a sandbox the way transformers and llama.cpp
     read them (trim_blocks, lstrip_blocks, loop controls, raise_exception, tojson,

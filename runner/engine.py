@@ -15,7 +15,7 @@ from __future__ import annotations
 import ctypes
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -70,6 +70,8 @@ class Stats:
     decode_s: float = 0.0       # time spent evaluating generated tokens
     decode_steps: int = 0
     finish_reason: str = ""     # "stop", "length", "context" (the context is full)
+    stop_type: str = ""         # why it stopped: "eos", "word", "constraint", "limit", "context"
+    stopping_word: str = ""     # the stop string that ended it (stop_type "word")
     text: str = ""
 
     @property
@@ -82,18 +84,39 @@ class Stats:
         return self.decode_steps / self.decode_s if self.decode_s > 0 else 0.0
 
 
+_blas_setter = None
+
+
 def set_blas_threads(n: int | None) -> None:
     """Set the number of threads numpy's OpenBLAS uses (None: leave it as it is)."""
+    global _blas_setter
     if not n:
         return
-    for line in open("/proc/self/maps"):
-        if "openblas" in line.lower():
-            lib = ctypes.CDLL(line.split()[-1])
-            for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
-                         "openblas_set_num_threads"):
-                if hasattr(lib, name):
-                    getattr(lib, name)(ctypes.c_int(n))
-                    return
+    if _blas_setter is None:
+        _blas_setter = lambda n: None                 # noqa: E731 - no OpenBLAS found: nothing to set
+        for line in open("/proc/self/maps"):
+            if "openblas" in line.lower():
+                lib = ctypes.CDLL(line.split()[-1])
+                for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                             "openblas_set_num_threads"):
+                    if hasattr(lib, name):
+                        fn = getattr(lib, name)
+                        _blas_setter = lambda n, fn=fn: fn(ctypes.c_int(n))   # noqa: E731
+                        break
+                break
+    _blas_setter(n)
+
+
+class Constraint(Protocol):
+    """Restricts what `Engine.generate` may sample (e.g. JSON output). `choose` picks the
+    next token under `params` from the allowed ones and advances the constraint's state
+    (None: nothing is allowed, generation stops); `done` says the output is complete."""
+
+    def choose(self, logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
+               history: list[int]) -> int | None: ...
+
+    @property
+    def done(self) -> bool: ...
 
 
 class Engine:
@@ -157,8 +180,12 @@ class Engine:
                 stop = a if a > start else b
         return stop
 
-    def prefill(self, prompt: Prompt, stats: Stats | None = None) -> np.ndarray:
-        """Evaluate the prompt (only what the cache lacks); the last position's logits [n_vocab]."""
+    def prefill(self, prompt: Prompt, stats: Stats | None = None,
+                on_chunk: Callable[[int, int], None] | None = None, logits: bool = True) -> np.ndarray | None:
+        """Evaluate the prompt (only what the cache lacks); the last position's logits
+        [n_vocab], or with logits=False nothing (then a fully cached prompt computes
+        nothing). `on_chunk(done, total)` is called once the cached prefix is known and
+        after every chunk; it may raise to cancel, leaving the cache consistent."""
         n = len(prompt)
         if n == 0:
             raise ContextError("the prompt is empty")
@@ -171,58 +198,106 @@ class Engine:
             if a != b:
                 break
             common += 1
-        common = min(common, n - 1)             # the last token is evaluated for its logits
+        if logits:
+            common = min(common, n - 1)         # the last token is evaluated for its logits
         for im in prompt.images:                # never resume inside an image
             if im.start < common < im.start + len(im.embeds):
                 common = im.start
         self._truncate(common)
         start = reused = len(self.keys)          # less than `common` if the cache had to reset
-        t0 = time.perf_counter()
-        logits = None
-        while start < n:
-            stop = self._chunk_end(prompt, start, n)
-            logits = self._forward(prompt, keys, start, stop, "last" if stop == n else "none")
-            start = stop
         if stats is not None:
             stats.prompt_tokens, stats.cached_tokens = n, reused
-            stats.prefill_s = time.perf_counter() - t0
-        return logits[0]
+        t0 = time.perf_counter()
+        if on_chunk is not None:
+            on_chunk(start, n)
+        out = None
+        while start < n:
+            stop = self._chunk_end(prompt, start, n)
+            out = self._forward(prompt, keys, start, stop, "last" if logits and stop == n else "none")
+            start = stop
+            if stats is not None:
+                stats.prefill_s = time.perf_counter() - t0
+            if on_chunk is not None:
+                on_chunk(start, n)
+        return out[0] if logits else None
+
+    # -- a fresh context ---------------------------------------------------------------------
+
+    def prompt_logits(self, prompt: Prompt, chunk: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Teacher-forced logits of every position of `prompt` in a fresh context (this
+        engine's cache is left alone), a chunk at a time: (first row, [rows, n_vocab])."""
+        n = len(prompt)
+        if n == 0:
+            raise ContextError("the prompt is empty")
+        scratch = Engine(self.W, self.cfg, self.tok, n_ctx=n + 1, n_batch=chunk or self.n_batch)
+        keys = prompt.keys()
+        start = 0
+        while start < n:
+            stop = scratch._chunk_end(prompt, start, n)
+            yield start, scratch._forward(prompt, keys, start, stop, "all")
+            start = stop
+
+    def prompt_logprobs(self, prompt: Prompt, top_n: int = 0,
+                        on_chunk: Callable[[int, int], None] | None = None) -> list:
+        """log p of each prompt token given those before it (None for the first) and the
+        top_n alternatives, as (logprob, [(id, logprob)]). Computed 64 rows at a time, so
+        only a [64, n_vocab] block of logits is held. `on_chunk(done, total)` may raise
+        to cancel."""
+        ids, n = prompt.tokens, len(prompt)
+        out: list = [None]
+        for start, logits in self.prompt_logits(prompt, chunk=64):
+            for i, row in enumerate(logits):
+                if start + i + 1 < n:
+                    out.append(token_logprobs(row, ids[start + i + 1], top_n))
+            if on_chunk is not None:
+                on_chunk(start + len(logits), n)
+        return out
 
     # -- generation ------------------------------------------------------------------------
 
     def generate(self, prompt: Prompt, params: SamplingParams | None = None, max_tokens: int | None = None,
                  stop: list[str] | tuple[str, ...] = (), ignore_eos: bool = False,
-                 logprobs: int | None = None) -> Iterator[Token]:
+                 logprobs: int | None = None, constraint: Constraint | None = None,
+                 on_prefill: Callable[[int, int], None] | None = None) -> Iterator[Token]:
         """Yield generated tokens with the text each releases. Ends on eos/<end_of_turn>
-        (unless ignore_eos), a stop string (never included in the text), max_tokens
-        (None or < 0: no limit), or a full context. `logprobs`: also report the chosen
-        token's log-probability and the top-n alternatives. Text held back at the end
-        (a stop string's unfinished start, an incomplete UTF-8 tail) comes as a last
-        Token with id -1. Stats are in self.last_stats afterwards."""
+        (unless ignore_eos), a stop string (never included in the text), a complete
+        `constraint`, max_tokens (None or < 0: no limit; 0: none, only the prefill), or a
+        full context. `logprobs`: also report the chosen token's log-probability and the
+        top-n alternatives. Text held back at the end (a stop string's unfinished start,
+        an incomplete UTF-8 tail) comes as a last Token with id -1. `on_prefill` is
+        prefill's `on_chunk`. Stats are in self.last_stats afterwards."""
         params = params or SamplingParams()
         stats = self.last_stats = Stats()
-        logits = self.prefill(prompt, stats)
+        logits = self.prefill(prompt, stats, on_prefill)
+        if max_tokens == 0:
+            stats.finish_reason, stats.stop_type = "length", "limit"
+            return
         rng = np.random.default_rng(params.seed)
         history = list(prompt.tokens)
         decoder = self.tok.stream_decoder()
         stop = [s for s in stop if s]
-        pending, hit = "", False               # pending: text that may start a stop string
+        pending = ""                           # text that may start a stop string
         while True:
-            tok = sample(logits, params, rng, history)
-            if tok in self.stop_ids and not ignore_eos:
-                stats.finish_reason = "stop"
+            if constraint is None:
+                tok = sample(logits, params, rng, history)
+            else:
+                tok = constraint.choose(logits, params, rng, history)
+            if tok is None or (tok in self.stop_ids and not ignore_eos):
+                stats.finish_reason, stats.stop_type = "stop", ("eos" if tok is not None else "constraint")
                 break
             history.append(tok)
             stats.generated_tokens += 1
-            lp, top = _logprobs(logits, tok, logprobs) if logprobs is not None else (None, None)
-            text, pending, hit = _release(pending + decoder.feed(tok), stop)
-            if hit:
-                stats.finish_reason = "stop"
+            lp, top = token_logprobs(logits, tok, logprobs) if logprobs is not None else (None, None)
+            text, pending, word = _release(pending + decoder.feed(tok), stop)
+            if word is not None:
+                stats.finish_reason, stats.stop_type, stats.stopping_word = "stop", "word", word
+            elif constraint is not None and constraint.done:
+                stats.finish_reason, stats.stop_type = "stop", "constraint"
             elif max_tokens is not None and 0 <= max_tokens <= stats.generated_tokens:
-                stats.finish_reason = "length"
+                stats.finish_reason, stats.stop_type = "length", "limit"
             elif len(self.keys) + 1 >= self.n_ctx:
-                stats.finish_reason = "context"
-            if stats.finish_reason and not hit:
+                stats.finish_reason, stats.stop_type = "context", "context"
+            if stats.finish_reason and word is None:
                 text, pending = text + pending + decoder.flush(), ""
             stats.text += text
             yield Token(tok, text, lp, top)
@@ -249,9 +324,9 @@ class Engine:
         return out[0]
 
 
-def _logprobs(logits: np.ndarray, tok: int, n: int) -> tuple[float, list[tuple[int, float]] | None]:
-    """log p of the chosen token and the n most likely tokens, under the model's own
-    distribution (before sampling filters)."""
+def token_logprobs(logits: np.ndarray, tok: int, n: int) -> tuple[float, list[tuple[int, float]] | None]:
+    """log p of `tok` and the n most likely tokens, under the model's own distribution
+    (before sampling filters)."""
     ls = log_softmax(logits)
     top = None
     if n > 0:
@@ -261,19 +336,19 @@ def _logprobs(logits: np.ndarray, tok: int, n: int) -> tuple[float, list[tuple[i
     return float(ls[tok]), top
 
 
-def _release(pending: str, stop: list[str]) -> tuple[str, str, bool]:
-    """Split pending text into (text safe to emit, text to hold back, stop string found).
-
-    Text is held back while its end could still grow into a stop string."""
+def _release(pending: str, stop: list[str]) -> tuple[str, str, str | None]:
+    """Split pending text into (text safe to emit, text to hold back, the stop string
+    found or None). Text is held back while its end could still grow into a stop string."""
     if not stop:
-        return pending, "", False
-    cut = min((i for i in (pending.find(s) for s in stop) if i >= 0), default=-1)
-    if cut >= 0:
-        return pending[:cut], "", True
+        return pending, "", None
+    hits = [(i, s) for s in stop if (i := pending.find(s)) >= 0]
+    if hits:
+        cut, word = min(hits)
+        return pending[:cut], "", word
     hold = 0
     for s in stop:
         for k in range(min(len(s) - 1, len(pending)), 0, -1):
             if pending.endswith(s[:k]):
                 hold = max(hold, k)
                 break
-    return pending[:len(pending) - hold], pending[len(pending) - hold:], False
+    return pending[:len(pending) - hold], pending[len(pending) - hold:], None

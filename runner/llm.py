@@ -22,8 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import model as M
-from .cache import make_caches
-from .chat import ImageRef, render
+from .chat import ImageRef, render, resolve_template
 from .engine import Engine, ImageSlot, Prompt, SamplingParams, Stats, set_blas_threads
 from .gguf import GGUFFile
 from .tokenizer import Tokenizer, load_tokenizer
@@ -49,8 +48,9 @@ class LLM:
         if mmproj is not None:
             self.vision = self._load_vision(mmproj, threads)
         self.has_chat_template = bool(gguf.get("tokenizer.chat_template"))
-        # None: the built-in Gemma format; a mode may set a template string (--chat-template)
-        self.chat_template: str | None = None
+        # the file's template (SPEC 3); None or "gemma": the built-in Gemma format. A mode
+        # may set another (--chat-template).
+        self.chat_template: str | None = resolve_template(None, gguf.get("tokenizer.chat_template"))[0]
         self.load_s = time.perf_counter() - t0
 
     # -- facts -----------------------------------------------------------------------------
@@ -83,17 +83,22 @@ class LLM:
         """[len(ids), n_vocab] float32: the next-token logits after each prefix, in a
         fresh context (the engine's cache is left as it was). `ids` may be a Prompt with
         images."""
-        if isinstance(ids, Prompt):
-            return self._prompt_logits(ids)
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.ndim != 1 or len(ids) == 0:
-            raise ValueError("logits: expected a non-empty list of token ids")
-        caches = make_caches(self.cfg, len(ids))
-        out = np.empty((len(ids), self.cfg.n_vocab), dtype=np.float32)
-        step = self.engine.n_batch
-        for s in range(0, len(ids), step):
-            out[s:s + step] = M.forward(self.weights, self.cfg, caches, ids[s:s + step], s, logits="all")
+        if not isinstance(ids, Prompt):
+            arr = np.asarray(ids)
+            if arr.ndim != 1 or arr.size == 0:
+                raise ValueError("logits: expected a non-empty list of token ids")
+            ids = Prompt([int(i) for i in arr])
+        prompt = ids
+        out = np.empty((len(prompt), self.cfg.n_vocab), dtype=np.float32)
+        for start, rows in self.engine.prompt_logits(prompt):
+            out[start:start + len(rows)] = rows
         return out
+
+    def prompt_logprobs(self, ids, top_n: int = 0) -> list:
+        """log p of each prompt token given those before it (None for the first), with
+        the top_n alternatives: [(logprob, [(id, logprob)])]."""
+        prompt = ids if isinstance(ids, Prompt) else self.prompt_of(ids)
+        return self.engine.prompt_logprobs(prompt, top_n)
 
     # -- generation ------------------------------------------------------------------------
 
@@ -125,11 +130,17 @@ class LLM:
         return self._run(self.prompt_of(prompt), stream, max_tokens, stop, ignore_eos, sampling)
 
     def chat_prompt(self, messages: list[dict]) -> Prompt:
-        return self.build_prompt(render(messages, self.chat_template))
+        """The prompt for `messages` under the chat template, with exactly one BOS (added
+        if the template does not write it)."""
+        pieces = render(messages, self.chat_template)
+        bos = self.tokenizer.token_text(self.tokenizer.bos_id)
+        has_bos = bool(pieces) and isinstance(pieces[0], str) and pieces[0].startswith(bos)
+        return self.build_prompt(pieces, add_bos=not has_bos)
 
     def chat(self, messages: list[dict], max_tokens: int | None = 512, stop=(), stream: bool = False,
              **sampling) -> str | Iterator[str]:
-        """Reply to OpenAI-style messages with Gemma's chat template."""
+        """Reply to OpenAI-style messages with the model's chat template (Gemma's built-in
+        format for a file without one)."""
         return self._run(self.chat_prompt(messages), stream, max_tokens, stop, False, sampling)
 
     # -- images ----------------------------------------------------------------------------
@@ -212,20 +223,6 @@ class LLM:
         """A raw-completion Prompt: the image, then `text` (for base models; chat models
         read images through `chat` / `chat_prompt` messages)."""
         return self.build_prompt([ImageRef(image), text], add_bos=add_bos)
-
-    def _prompt_logits(self, prompt: Prompt) -> np.ndarray:
-        """All-position logits of a Prompt with images, in a fresh context, computed in
-        the engine's chunks (an image never split)."""
-        n = len(prompt)
-        engine = Engine(self.weights, self.cfg, self.tokenizer, n_ctx=n + 1, n_batch=self.engine.n_batch)
-        keys = prompt.keys()
-        out = np.empty((n, self.cfg.n_vocab), dtype=np.float32)
-        start = 0
-        while start < n:
-            stop = engine._chunk_end(prompt, start, n)
-            out[start:stop] = engine._forward(prompt, keys, start, stop, "all")
-            start = stop
-        return out
 
 
 def load(model_path: str | os.PathLike, mmproj: str | os.PathLike | GGUFFile | None = None, n_ctx: int = 8192,

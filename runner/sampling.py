@@ -110,14 +110,20 @@ def candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, 
     return min_p(cid, cl, params.min_p)
 
 
-def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
-           recent: list[int] = ()) -> int:
-    """One token id from `logits` [n_vocab] under `params`."""
+def adjust(logits: np.ndarray, params: SamplingParams, recent: list[int] = ()) -> np.ndarray:
+    """The logits after the penalties (over the last repeat_last_n of `recent`) and the
+    logit bias: what every sampler draws from."""
     n = params.repeat_last_n
     window = list(recent) if n < 0 else list(recent)[-n:] if n > 0 else []
     logits = apply_penalties(logits, window, params.repeat_penalty, params.presence_penalty,
                              params.frequency_penalty)
-    logits = apply_logit_bias(logits, params.logit_bias)
+    return apply_logit_bias(logits, params.logit_bias)
+
+
+def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
+           recent: list[int] = ()) -> int:
+    """One token id from `logits` [n_vocab] under `params`."""
+    logits = adjust(logits, params, recent)
     if params.greedy:
         return int(np.argmax(logits))
     ids, cl = candidates(logits, params)

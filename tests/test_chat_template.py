@@ -120,3 +120,17 @@ def test_llm_chat_prompt_with_the_template_equals_builtin(llm):
     finally:
         llm.chat_template = saved
     assert builtin[0] == llm.tokenizer.bos_id and builtin.count(llm.tokenizer.bos_id) == 1
+
+
+def test_chat_prompt_has_exactly_one_bos(llm):
+    """Whether or not the template writes bos_token, the prompt starts with one BOS."""
+    messages = [{"role": "user", "content": "Hi"}]
+    saved = llm.chat_template
+    try:
+        for template in ("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}",
+                         "{% for m in messages %}{{ m.content }}{% endfor %}", "gemma"):
+            llm.chat_template = template
+            ids = llm.chat_prompt(messages).tokens
+            assert ids[0] == llm.tokenizer.bos_id and llm.tokenizer.bos_id not in ids[1:], template
+    finally:
+        llm.chat_template = saved

@@ -180,3 +180,17 @@ def test_sliding_cache_truncate_knows_what_it_still_holds():
     f = FullCache(1, 64, 2)
     f.update_and_fetch(np.zeros((1, 10, 2), np.float32), np.zeros((1, 10, 2), np.float32), np.arange(10))
     assert f.truncate(3) and f.offset == 3
+
+
+def test_prefill_chunks_never_split_an_image():
+    """An image's tokens attend to each other both ways, so a chunk ends before an image
+    or after it, never inside."""
+    from types import SimpleNamespace
+    from runner.engine import Engine, ImageSlot
+    p = Prompt(list(range(1000)), [ImageSlot(100, np.zeros((256, 4), np.float32), 1)])
+    eng = SimpleNamespace(n_batch=256)
+    assert Engine._chunk_end(eng, p, 0, 1000) == 100       # stops before the image
+    assert Engine._chunk_end(eng, p, 100, 1000) == 356     # the image whole (it ends at 356)
+    eng.n_batch = 200
+    assert Engine._chunk_end(eng, p, 100, 1000) == 356     # a chunk starting at the image takes all of it
+    assert Engine._chunk_end(eng, p, 356, 1000) == 556

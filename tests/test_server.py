@@ -120,16 +120,6 @@ def test_prefill_progress_is_streamed_on_request(llm, base):
     assert all(e["choices"] for e in events if "prompt_progress" not in e)
 
 
-def test_prefill_chunks_never_split_an_image():
-    from runner.engine import ImageSlot, Prompt
-    from runner.modes.slots import chunk_end
-    p = Prompt(list(range(1000)), [ImageSlot(100, np.zeros((256, 4), np.float32), 1)])
-    assert chunk_end(p, 0, 256) == 100                  # stops before the image
-    assert chunk_end(p, 100, 356) == 356                # the image whole (it ends at 356)
-    assert chunk_end(p, 100, 300) == 356                # a chunk starting at the image takes all of it
-    assert chunk_end(p, 356, 612) == 612
-
-
 def test_seed_reproducibility(client):
     def run(seed):
         return client.chat.completions.create(model="m", messages=CHAT, max_tokens=10, temperature=1.0,

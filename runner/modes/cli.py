@@ -19,7 +19,7 @@ import os
 import sys
 
 from ..args import UserError, die, read_prompt, sampling_from_args, stop_strings
-from ..chat import ChatError, compile_template
+from ..chat import ChatError, resolve_template
 from ..engine import ContextError, Prompt
 
 FINISH = {"stop": "the end of the text or a stop string", "length": "the -n limit", "context": "the full context"}
@@ -30,12 +30,11 @@ def build_prompt(llm, args, text: str) -> tuple[Prompt, str]:
     in the chat format when --chat-template or --image asks for one."""
     if not (args.chat_template or args.image):
         return llm.prompt_of(text), text
-    if args.chat_template and args.chat_template != "gemma":
+    if args.chat_template:
         try:
-            compile_template(args.chat_template)
+            llm.chat_template = resolve_template(args.chat_template, None)[0]
         except ChatError as e:
             raise UserError(f"--chat-template: {e}", 2) from None
-    llm.chat_template = args.chat_template
     content = text
     if args.image:
         content = [{"type": "image", "image": path} for path in args.image] + [{"type": "text", "text": text}]

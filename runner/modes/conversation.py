@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 
 from ..chat import ChatError, ImageRef, render
-from ..engine import Engine, Prompt
+from ..engine import Engine, Prompt, Stats
 
 
 @dataclass(frozen=True, eq=False)
@@ -219,8 +219,8 @@ def sync_cache(engine: Engine, tokens) -> None:
 def warm_cache(engine: Engine, tokens: list[int]) -> int:
     """Compute `tokens` ahead (the cache keeps them for the next turn); how many were
     computed. Skips a prefix that does not fit (the turn then says so)."""
-    have = shared_prefix(engine.keys, tokens)
-    if have >= len(tokens) or len(tokens) >= engine.n_ctx:
+    if not tokens or len(tokens) >= engine.n_ctx:
         return 0
-    engine.prefill(Prompt(list(tokens)))
-    return len(tokens) - have
+    st = Stats()
+    engine.prefill(Prompt(list(tokens)), st, logits=False)  # only what the cache lacks
+    return st.prompt_tokens - st.cached_tokens

@@ -24,12 +24,10 @@ generated in JSON mode. Whitespace between tokens is one newline and an indent a
 from __future__ import annotations
 
 import re
-import time
 
 import numpy as np
 
-from ..engine import Engine, Prompt, Stats, Token, _logprobs, _release
-from ..sampling import SamplingParams, apply_logit_bias, apply_penalties, min_p, softmax, top_p
+from ..sampling import SamplingParams, adjust, min_p, softmax, top_p
 from ..tokenizer import SPACE, TokenType
 
 MAX_WS = 20                 # spaces or tabs allowed in a run of whitespace (an indent)
@@ -276,11 +274,7 @@ def sample_json(vocab: JSONVocab, state: tuple, logits: np.ndarray, params: Samp
                 rng: np.random.Generator, recent: list[int]) -> tuple[int, tuple] | None:
     """A token valid in `state` and the state after it, drawn under `params` from the
     valid tokens only; None if no token is valid."""
-    n = params.repeat_last_n
-    window = list(recent) if n < 0 else list(recent)[-n:] if n > 0 else []
-    logits = apply_penalties(logits, window, params.repeat_penalty, params.presence_penalty,
-                             params.frequency_penalty)
-    logits = apply_logit_bias(logits, params.logit_bias)
+    logits = adjust(logits, params, recent)
     want = 1 if params.greedy else params.top_k if params.top_k > 0 else UNLIMITED_TOP_K
     found = _best_valid(vocab, state, logits, want)
     if not found or params.greedy:
@@ -292,46 +286,22 @@ def sample_json(vocab: JSONVocab, state: tuple, logits: np.ndarray, params: Samp
     return next(f for f in found if f[0] == pick)
 
 
-def generate_json(engine: Engine, vocab: JSONVocab, prompt: Prompt, params: SamplingParams,
-                  max_tokens: int | None = None, stop: list[str] | tuple[str, ...] = (),
-                  logprobs: int | None = None):
-    """`Engine.generate` with the JSON constraint: the same tokens, stats and stop rules,
-    ending with finish_reason "stop" when the object closes. (It drives the engine's
-    one-token step itself because `generate` has no hook for a sampler.)"""
-    stats = engine.last_stats = Stats()
-    logits = engine.prefill(prompt, stats)
-    rng = np.random.default_rng(params.seed)
-    history = list(prompt.tokens)
-    decoder = engine.tok.stream_decoder()
-    stop = [s for s in stop if s]
-    state, pending = START, ""
-    while True:
-        pick = sample_json(vocab, state, logits, params, rng, history)
+class JSONConstraint:
+    """One JSON object as an `Engine.generate` constraint: each step samples among the
+    tokens valid in the automaton's state and advances it; done when the object closes."""
+
+    def __init__(self, vocab: JSONVocab):
+        self.vocab = vocab
+        self.state = START
+
+    def choose(self, logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
+               history: list[int]) -> int | None:
+        pick = sample_json(self.vocab, self.state, logits, params, rng, history)
         if pick is None:                          # every valid token is banned (logit_bias)
-            stats.finish_reason = "stop"
-            break
-        tok, state = pick
-        history.append(tok)
-        stats.generated_tokens += 1
-        lp, top = _logprobs(logits, tok, logprobs) if logprobs is not None else (None, None)
-        text, pending, hit = _release(pending + decoder.feed(tok), stop)
-        if hit or is_complete(state):
-            stats.finish_reason = "stop"
-        elif max_tokens is not None and 0 <= max_tokens <= stats.generated_tokens:
-            stats.finish_reason = "length"
-        elif len(engine.keys) + 1 >= engine.n_ctx:
-            stats.finish_reason = "context"
-        if stats.finish_reason and not hit:
-            text, pending = text + pending + decoder.flush(), ""
-        stats.text += text
-        yield Token(tok, text, lp, top)
-        if stats.finish_reason:
-            return
-        t = time.perf_counter()
-        logits = engine._decode(tok)
-        stats.decode_s += time.perf_counter() - t
-        stats.decode_steps += 1
-    tail = pending + decoder.flush()
-    if tail:
-        stats.text += tail
-        yield Token(-1, tail)
+            return None
+        tok, self.state = pick
+        return tok
+
+    @property
+    def done(self) -> bool:
+        return is_complete(self.state)

@@ -50,7 +50,10 @@ async def completion(state: State, request: Request) -> Response:
         return {"content": content, "id_slot": r.slot, "stop": True, "model": model,
                 "tokens_predicted": r.generated_tokens, "tokens_evaluated": r.prompt_tokens,
                 "tokens_cached": r.cached_tokens, "generation_settings": settings(state),
-                "stopped_limit": r.finish_reason == "length", "truncated": False, "timings": r.timings()}
+                "stop_type": {"eos": "eos", "constraint": "eos", "word": "word"}.get(r.stop_type, "limit"),
+                "stopping_word": r.stopping_word, "stopped_eos": r.stop_type in ("eos", "constraint"),
+                "stopped_word": r.stop_type == "word", "stopped_limit": r.finish_reason == "length",
+                "truncated": False, "timings": r.timings()}
 
     if not stream:
         text, tokens, r = await collect(state, job, request)

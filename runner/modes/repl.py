@@ -22,7 +22,7 @@ import sys
 
 from .. import __version__
 from ..args import PROG, UserError, die, read_prompt, sampling_from_args, stop_strings
-from ..chat import ChatError, compile_template
+from ..chat import ChatError, resolve_template
 from ..engine import ContextError, Prompt, Stats
 from . import commands
 from .conversation import Conversation, sync_cache, warm_cache
@@ -71,24 +71,15 @@ class Screen:
 def chat_format(llm, args) -> tuple[str | None, bool, str]:
     """(template, raw mode, how to describe it): --chat-template, else the model file's
     template, else raw completion."""
-    if args.chat_template:
-        if args.chat_template != "gemma":
-            try:
-                compile_template(args.chat_template)
-            except ChatError as e:
-                raise UserError(f"--chat-template: {e}", 2) from None
-            return args.chat_template, False, "chat template from --chat-template"
-        return None, False, "Gemma chat format (--chat-template gemma)"
-    own = llm.gguf.get("tokenizer.chat_template")
-    if own:
-        try:
-            compile_template(own)
-            return own, False, "chat template from the model file"
-        except ChatError as e:
-            if not args.log_disable:
-                print(f"{PROG}: the model's {e}; using the built-in Gemma format", file=sys.stderr)
-            return None, False, "Gemma chat format (built in)"
-    return None, True, "raw completion mode"
+    try:
+        template, how, warning = resolve_template(args.chat_template, llm.gguf.get("tokenizer.chat_template"))
+    except ChatError as e:
+        raise UserError(f"--chat-template: {e}", 2) from None
+    if warning and not args.log_disable:
+        print(f"{PROG}: {warning}", file=sys.stderr)
+    if template is None:
+        return None, True, "raw completion mode"
+    return template, False, how
 
 
 class Repl:
@@ -164,17 +155,14 @@ class Repl:
         ids, pieces, ended = [], [], None
         gen, stats = None, Stats()
         try:
-            if self.limit == 0:                     # -n 0: the model reads, says nothing
-                self.engine.prefill(Prompt(list(turn.tokens)), stats)
-                ended = "length"
-            else:
-                gen = self.engine.generate(Prompt(list(turn.tokens)), self.params, max_tokens=self.limit,
-                                           stop=self.stops, ignore_eos=self.args.ignore_eos)
-                for tok in gen:
-                    if tok.id >= 0:
-                        ids.append(tok.id)
-                    pieces.append(tok.text)
-                    self.screen.write(tok.text)
+            # with -n 0 the model reads the message and says nothing
+            gen = self.engine.generate(Prompt(list(turn.tokens)), self.params, max_tokens=self.limit,
+                                       stop=self.stops, ignore_eos=self.args.ignore_eos)
+            for tok in gen:
+                if tok.id >= 0:
+                    ids.append(tok.id)
+                pieces.append(tok.text)
+                self.screen.write(tok.text)
         except KeyboardInterrupt:
             ended = "interrupted"
         except ContextError:
@@ -188,12 +176,14 @@ class Repl:
             self.screen.note("[interrupted]")
             return
         reply = "".join(pieces)
-        if self.conv.raw and self.stops and ended is None:
-            reply += self._stopped_at(ids, reply)
+        stats = self.llm.stats
+        if self.conv.raw and ended is None and stats.stop_type == "word":
+            # raw mode: the -r string the model wrote (the engine holds it back) stays in
+            # the text, so the user writes after it
+            self.screen.write(stats.stopping_word)
+            reply += stats.stopping_word
         self.conv.reply(turn, ids, reply)
         self.screen.newline()
-        if gen is not None:
-            stats = self.llm.stats
         ended = ended or stats.finish_reason
         self.last = (stats, ENDED.get(ended, ended))
         self.replies += 1
@@ -202,16 +192,6 @@ class Repl:
             self.screen.note("[stopped]")
         elif ended == "context":
             self.screen.error(self._full("the reply was cut short"))
-
-    def _stopped_at(self, ids: list[int], reply: str) -> str:
-        """Raw mode: the -r string the model wrote and the reply stopped at (the engine
-        holds it back), shown and kept in the text, so the user writes after it."""
-        after = self.llm.detokenize(ids)[len(reply):]
-        for s in self.stops:
-            if s and after.startswith(s):
-                self.screen.write(s)
-                return s
-        return ""
 
     def _full(self, why: str) -> str:
         train = self.llm.cfg.n_ctx_train

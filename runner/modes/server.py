@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 from ..engine import Engine
 from . import llama_api, openai_api
 from .api_common import APIError, Options, State, error_body
-from .slots import SlotPool
+from .slots import PREFILL_CHUNK, SlotPool
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 PUBLIC = ("/", "/health", "/favicon.ico")          # never behind the API key
@@ -53,6 +53,8 @@ def attach_model(state: State, llm) -> None:
     """Make the model servable: one engine per slot, all sharing the weights."""
     engines = [llm.engine] + [Engine(llm.weights, llm.cfg, llm.tokenizer, n_ctx=llm.n_ctx)
                               for _ in range(state.options.parallel - 1)]
+    for e in engines:
+        e.n_batch = PREFILL_CHUNK                   # the granularity of progress and of a cancel
     state.pool = SlotPool(engines, state.metrics, state, state.options.threads)
     state.llm = llm                                  # last: a non-None llm means ready
 
@@ -294,42 +296,50 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str
 
 def chat_template(llm, args) -> str | None:
     """The template /v1/chat/completions formats with: --chat-template, else the model
-    file's, else (None) the built-in Gemma format, which a base model without a template
-    gets too. ChatError for a --chat-template that does not compile."""
-    from ..chat import ChatError, compile_template
-    if args.chat_template:
-        if args.chat_template == "gemma":
-            return None
-        compile_template(args.chat_template)
-        return args.chat_template
-    own = llm.gguf.get("tokenizer.chat_template")
-    if own:
-        try:
-            compile_template(own)
-            return own
-        except ChatError as e:
-            if not args.log_disable:
-                print(f"gemma-runner: the model's {e}; using the built-in Gemma format", file=sys.stderr)
-    return None
+    file's, else the built-in Gemma format, which a base model without a template gets
+    too. ChatError for a --chat-template that does not compile."""
+    from ..chat import resolve_template
+    template, _, warning = resolve_template(args.chat_template, llm.gguf.get("tokenizer.chat_template"))
+    if warning and not args.log_disable:
+        print(f"gemma-runner: {warning}", file=sys.stderr)
+    return template
 
 
-def run(llm, args) -> int:
+def run(llm, args, name: str = "") -> int:
+    """Serve `llm`, or a function that loads it: then the server listens at once and
+    answers 503 until the model is ready."""
     import uvicorn
     from ..args import die
-    from ..chat import ChatError
+    from ..chat import ChatError, resolve_template
     options = Options.from_args(args)
     try:
-        llm.chat_template = chat_template(llm, args)
+        resolve_template(args.chat_template, None)    # a bad --chat-template: fail now
     except ChatError as e:
         return die(f"--chat-template: {e}", 2)
-    app = create_app(llm, options)
+    failed: list[Exception] = []
+    if callable(llm) and not hasattr(llm, "engine"):
+        loader = llm
+
+        def source():
+            try:
+                model = loader()
+            except Exception as e:                    # a file that cannot be served: stop
+                failed.append(e)
+                server.should_exit = True
+                raise
+            model.chat_template = chat_template(model, args)
+            return model
+    else:
+        llm.chat_template = chat_template(llm, args)
+        name, source = name or llm.name, llm
+    app = create_app(source, options)
     try:
         sock = listen(options.host, options.port)
     except OSError as e:
         return die(str(e))
     port = sock.getsockname()[1]
     url = browse_url(options.host, port)
-    print(f"{llm.name}: serving the chat page at {url} and the OpenAI API at {url}v1 "
+    print(f"{name or 'gemma-runner'}: serving the chat page at {url} and the OpenAI API at {url}v1 "
           f"({options.parallel} slot{'s' if options.parallel > 1 else ''}; Ctrl-C stops)", flush=True)
     config = uvicorn.Config(app, log_level="info" if options.log else "critical", access_log=options.log,
                             timeout_graceful_shutdown=3)
@@ -348,4 +358,6 @@ def run(llm, args) -> int:
         pass
     finally:
         sock.close()
+    if failed:
+        return die(str(failed[0]))
     return 0

@@ -31,10 +31,9 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import numpy as np
 
-from .. import model as M
-from ..cache import make_caches
-from ..engine import Engine, Prompt, Stats, set_blas_threads
-from ..sampling import SamplingParams, log_softmax
+from ..engine import Engine, Prompt, set_blas_threads
+from ..sampling import SamplingParams
+from .jsonmode import JSONConstraint
 
 PREFILL_CHUNK = 256          # tokens per prefill step: the granularity of progress and cancel
 POLL_S = 0.5                 # how often a waiting non-streaming request checks its client
@@ -62,6 +61,8 @@ class Result:
     generated_tokens: int = 0
     decode_s: float = 0.0
     finish_reason: str = ""               # "stop" or "length" (a full context is "length")
+    stop_type: str = ""                   # the engine's: "eos", "word", "constraint", "limit", "context"
+    stopping_word: str = ""
     prompt_logprobs: list | None = None   # per prompt token: None or (logprob, top [(id, lp)])
 
     def timings(self) -> dict:
@@ -322,14 +323,39 @@ class SlotPool:
 
     def _job(self, slot: Slot, job: Job, r: Result, emit, cancel: threading.Event) -> None:
         eng = slot.engine
-        if job.prompt_logprobs is not None:
-            r.prompt_logprobs = score_prompt(eng, job.prompt.tokens, job.prompt_logprobs, cancel)
-            emit(("prompt_logprobs", r.prompt_logprobs))
-        chunked = self._prefill(eng, job, r, emit, cancel)
-        if job.max_tokens == 0 or cancel.is_set():
-            r.finish_reason = "length"
-        else:
-            self._generate(eng, job, r, emit, cancel, chunked)
+        t0 = time.perf_counter()
+
+        def check(done: int, total: int) -> None:
+            if cancel.is_set():
+                raise Cancelled
+
+        def on_prefill(done: int, total: int) -> None:
+            check(done, total)
+            if job.progress:
+                emit(("progress", {"total": total, "cache": eng.last_stats.cached_tokens, "processed": done,
+                                   "time_ms": (time.perf_counter() - t0) * 1e3}))
+        try:
+            if job.prompt_logprobs is not None:
+                r.prompt_logprobs = eng.prompt_logprobs(job.prompt, job.prompt_logprobs, check)
+                emit(("prompt_logprobs", r.prompt_logprobs))
+            constraint = JSONConstraint(job.json_vocab) if job.json_vocab is not None else None
+            gen = eng.generate(job.prompt, job.params, max_tokens=job.max_tokens, stop=job.stop,
+                               ignore_eos=job.ignore_eos, logprobs=job.logprobs, constraint=constraint,
+                               on_prefill=on_prefill)
+            try:
+                for tok in gen:
+                    if cancel.is_set():
+                        break
+                    emit(("token", tok))
+            finally:
+                gen.close()                       # the engine's cache stays consistent
+        except Cancelled:
+            pass
+        st = eng.last_stats
+        r.cached_tokens, r.prefill_s = st.cached_tokens, st.prefill_s
+        r.generated_tokens, r.decode_s = st.generated_tokens, st.decode_s
+        r.finish_reason = "stop" if st.finish_reason == "stop" else "length"
+        r.stop_type, r.stopping_word = st.stop_type, st.stopping_word
         cancelled = cancel.is_set()
         self.metrics.record(r, cancelled)
         if self.state is not None and not cancelled:
@@ -339,87 +365,7 @@ class SlotPool:
                            f"({t['predicted_per_second']:.1f} tok/s), {r.finish_reason}")
         emit(("done", r))
 
-    def _prefill(self, eng: Engine, job: Job, r: Result, emit, cancel: threading.Event) -> bool:
-        """Evaluate the prompt a chunk at a time (all but its last PREFILL_CHUNK tokens,
-        which `generate` does): progress can be shown, and a cancel lands between chunks.
-        The engine's prefix reuse makes each step compute only its new tokens. True if
-        any chunk was evaluated here."""
-        prompt, n = job.prompt, len(job.prompt)
-        t0 = time.perf_counter()
-        done = min(common_prefix(eng.keys, prompt.keys()), n - 1)
-        r.cached_tokens = done
-        if job.progress:
-            emit(("progress", {"total": n, "cache": done, "processed": done, "time_ms": 0.0}))
-        first = True
-        while n - done > PREFILL_CHUNK and not cancel.is_set():
-            end = chunk_end(prompt, done, done + PREFILL_CHUNK)
-            st = Stats()
-            eng.prefill(Prompt(prompt.tokens[:end], [im for im in prompt.images
-                                                     if im.start + len(im.embeds) <= end]), st)
-            if first:                             # what the engine really reused
-                r.cached_tokens, first = st.cached_tokens, False
-            done = end
-            if job.progress:
-                emit(("progress", {"total": n, "cache": r.cached_tokens, "processed": done,
-                                   "time_ms": (time.perf_counter() - t0) * 1e3}))
-        if first:
-            return False
-        r.prefill_s = time.perf_counter() - t0
-        return True
 
-    def _generate(self, eng: Engine, job: Job, r: Result, emit, cancel: threading.Event, chunked: bool) -> None:
-        if job.json_vocab is not None:
-            from .jsonmode import generate_json
-            gen = generate_json(eng, job.json_vocab, job.prompt, job.params, job.max_tokens, job.stop,
-                                job.logprobs)
-        else:
-            gen = eng.generate(job.prompt, job.params, max_tokens=job.max_tokens, stop=job.stop,
-                               ignore_eos=job.ignore_eos, logprobs=job.logprobs)
-        try:
-            for tok in gen:
-                if cancel.is_set():
-                    break
-                emit(("token", tok))
-        finally:
-            gen.close()                           # the engine's cache stays consistent
-        st = eng.last_stats
-        if not chunked:
-            r.cached_tokens = st.cached_tokens
-        r.prefill_s += st.prefill_s
-        r.generated_tokens, r.decode_s = st.generated_tokens, st.decode_s
-        r.finish_reason = "stop" if st.finish_reason == "stop" else "length"
-
-
-def chunk_end(prompt: Prompt, start: int, end: int) -> int:
-    """The end of the prefill chunk start..end, moved back to the start of an image it
-    would split, or past the image if it starts there (an image is computed whole)."""
-    for im in prompt.images:
-        a, b = im.start, im.start + len(im.embeds)
-        if a < end < b:
-            return a if a > start else b
-    return end
-
-
-def score_prompt(eng: Engine, ids: list[int], top_n: int, cancel: threading.Event) -> list:
-    """log p of each prompt token given the ones before it (None for the first), with the
-    top_n alternatives, computed in a fresh context a chunk at a time so that only a
-    [chunk, n_vocab] block of logits is held (the slot's cache is left alone)."""
-    n = len(ids)
-    caches = make_caches(eng.cfg, n)
-    out: list = [None]
-    step = 64
-    ids_arr = np.asarray(ids, dtype=np.int64)
-    for s in range(0, n - 1, step):
-        if cancel.is_set():
-            break
-        e = min(n - 1, s + step)
-        logits = M.forward(eng.W, eng.cfg, caches, ids_arr[s:e], s, logits="all")   # [e - s, n_vocab]
-        for row, tok in zip(logits, ids[s + 1:e + 1]):
-            ls = log_softmax(row)
-            top = []
-            if top_n > 0:
-                best = np.argpartition(-ls, top_n - 1)[:top_n]
-                best = best[np.argsort(-ls[best], kind="stable")]
-                top = [(int(i), float(ls[i])) for i in best]
-            out.append((float(ls[tok]), top))
-    return out
+class Cancelled(Exception):
+    """Raised from the engine's callbacks when the client has gone: stops a job between
+    prefill chunks (the cache stays consistent)."""

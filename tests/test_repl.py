@@ -370,7 +370,7 @@ def test_undo_push_pop_forget_and_the_cache(llm):
     assert conv.state.exchanges == 3
 
     assert conv.undo() is points[2]
-    sync_cache(llm.engine, conv.state.tokens)
+    sync_cache(llm.engine, conv.state.prompt())
     assert llm.engine.keys == list(conv.state.tokens)[:len(llm.engine.keys)]    # rewound with it
     assert conv.pop() is points[3] and conv.stack == []
 
@@ -391,7 +391,7 @@ def test_pending_upload_goes_with_the_next_message(llm):
     turn = conv.prompt("What is it?")
     assert turn.messages[-1]["content"] == "FILE TEXT\n\nWhat is it?"
     ahead = conv.next_prefix()
-    assert list(turn.tokens[:len(ahead) - 1]) == ahead[:-1]     # computed ahead, reused by the turn
+    assert list(turn.tokens[:len(ahead) - 1]) == ahead.tokens[:-1]     # computed ahead, reused by the turn
     raw = Conversation(llm, None, raw=True, system="Notes:")
     raw.pending.append(("a.txt", "text"))
     assert raw.prompt("").text == "<bos>Notes:\ntext"

@@ -88,7 +88,16 @@ class State:
 
     def chat_prompt(self, messages: list):
         """The model's prompt for `messages`, one request at a time: images are encoded
-        here, and the model's image cache is not thread-safe."""
+        here, and the model's image cache is not thread-safe. An image from a client must
+        be a data: URI (ImageError otherwise): a path would read the server's own files,
+        a URL would be fetched."""
+        from ..chat import ImageRef, message_parts
+        from ..images import check_remote
+        for m in messages:
+            if isinstance(m, dict) and isinstance(m.get("content"), list):
+                for part in message_parts(m["content"]):
+                    if isinstance(part, ImageRef):
+                        check_remote(part.source)
         with self._prompt_lock:
             return self.llm.chat_prompt(messages)
 

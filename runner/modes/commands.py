@@ -123,7 +123,7 @@ def _context(repl, arg):
     ex = conv.state.exchanges
     lines = [f"{used} of {n} context tokens used ({n - used} left); {count(ex, 'exchange')}"]
     if conv.pending:
-        waiting = len(repl.llm.tokenize(conv.user_content(""), add_bos=False))
+        waiting = used - len(conv.state.tokens)
         lines.append(f"of which {waiting} are uploads waiting for your next message")
     train = repl.llm.cfg.n_ctx_train
     if n < train:
@@ -181,8 +181,8 @@ def _forget(repl, arg):
 
 
 def _dump(repl, arg):
-    tokens = repl.conv.next_prefix()
-    text = repl.llm.detokenize(tokens)
+    prompt = repl.conv.next_prefix()
+    text = repl.conv.readable(prompt)
     if text and not text.endswith("\n"):
         text += "\n"
     if not arg:
@@ -194,7 +194,7 @@ def _dump(repl, arg):
     except OSError as e:
         repl.screen.error(f"{arg}: cannot write: {e.strerror or e}")
         return
-    repl.screen.note(f"wrote {len(tokens)} tokens ({len(text)} characters) to {arg}")
+    repl.screen.note(f"wrote {len(prompt)} tokens ({len(text)} characters) to {arg}")
 
 
 def _upload(repl, arg):

@@ -7,6 +7,11 @@ piece of text, so a turn computes only what is new (the engine reuses the cached
 prefix). Each point links to the point before its last exchange, so /undo is one step
 back along that chain, and /push and /pop save and restore whole points.
 
+Images (/upload IMG with a vision model) stand in the text as a marker, `\ue000N\ue001`
+(N numbers the conversation's images): templates carry it like any text, and `encode`
+turns each marker into the image's soft-token slots (llm.build_prompt), so a Point also
+holds the image slots of its tokens.
+
 Two formats:
 - a chat template (built-in Gemma, or Jinja): messages in turns, the model replies as
   the assistant;
@@ -17,10 +22,15 @@ Two formats:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from ..chat import ChatError, ImageRef, render
-from ..engine import Engine, Prompt, Stats
+from ..engine import Engine, ImageSlot, Prompt, Stats
+
+MARK_OPEN, MARK_CLOSE = "\ue000", "\ue001"       # private-use characters: never in typed text
+_MARK = re.compile("\ue000(\\d+)\ue001")
+_HALF_MARK = re.compile("\ue000\\d*$")
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,6 +39,10 @@ class Point:
     tokens: tuple[int, ...]         # what the model read (BOS first), as the cache holds it
     text: str                       # the rendering those tokens stand for ("" at the start)
     prev: Point | None = None       # the point before the last exchange (None: the start)
+    images: tuple[ImageSlot, ...] = ()   # the image slots among the tokens
+
+    def prompt(self) -> Prompt:
+        return Prompt(list(self.tokens), list(self.images))
 
     @property
     def exchanges(self) -> int:
@@ -52,6 +66,11 @@ def render_raw(messages, bos: str, stops=()) -> str:
         sep = ("" if text[-1:].isspace() else " ") if after_stop else "\n"
         text = join(text, m["content"], sep)
     return bos + text
+
+
+def plain(text: str) -> str:
+    """Typed or uploaded text, without the characters image markers are made of."""
+    return text.replace(MARK_OPEN, "").replace(MARK_CLOSE, "")
 
 
 def join(left: str, right: str, sep: str) -> str:
@@ -81,7 +100,8 @@ class Conversation:
         self.start = Point(msgs, (), "")
         self.state = self.start
         self.stack: list[Point] = []            # /push
-        self.pending: list[tuple[str, str]] = []    # (name, text) of uploads for the next message
+        self.pending: list[tuple[str, str]] = []    # (name, text or image marker) for the next message
+        self.images: list[ImageRef] = []        # the images the markers number
 
     # -- text and tokens -----------------------------------------------------------------
 
@@ -90,33 +110,54 @@ class Conversation:
             return render_raw(messages, self.bos, self.stops)
         pieces = render(list(messages), self.template, add_generation_prompt, self.bos, self.eos)
         if any(isinstance(p, ImageRef) for p in pieces):
-            raise ChatError("images need a vision model (--mmproj)")
+            raise ChatError("images go in with /upload IMAGE")
         return "".join(pieces)
 
-    def encode(self, text: str, base: Point | None = None) -> tuple[int, ...]:
-        """Tokens for `text`: `base`'s tokens and the new text's when `text` extends
-        `base.text`, else the whole text's (with exactly one BOS, whatever the template)."""
+    def add_image(self, source) -> str:
+        """The marker for a new image (its bytes, or a path) in the conversation."""
+        self.images.append(ImageRef(source))
+        return f"{MARK_OPEN}{len(self.images) - 1}{MARK_CLOSE}"
+
+    def _pieces(self, text: str) -> list:
+        """Text split at image markers: text pieces and ImageRefs."""
+        out: list = []
+        pos = 0
+        for m in _MARK.finditer(text):
+            out += [text[pos:m.start()], self.images[int(m.group(1))]]
+            pos = m.end()
+        return out + [text[pos:]]
+
+    def encode(self, text: str, base: Point | None = None) -> tuple[tuple[int, ...], tuple[ImageSlot, ...]]:
+        """Tokens and image slots for `text`: `base`'s and the new text's when `text`
+        extends `base.text`, else the whole text's (exactly one BOS, whatever the template)."""
         if base is not None and base.tokens and text.startswith(base.text):
-            return base.tokens + tuple(self.llm.tokenize(text[len(base.text):], add_bos=False))
-        ids = self.llm.tokenize(text, add_bos=False)
+            new = self.llm.build_prompt(self._pieces(text[len(base.text):]))
+            at = len(base.tokens)
+            slots = tuple(ImageSlot(im.start + at, im.embeds, im.key) for im in new.images)
+            return base.tokens + tuple(new.tokens), base.images + slots
+        p = self.llm.build_prompt(self._pieces(text))
+        ids, slots = list(p.tokens), list(p.images)
         if not ids or ids[0] != self.bos_id:
             ids = [self.bos_id] + ids
-        return tuple(ids)
+            slots = [ImageSlot(im.start + 1, im.embeds, im.key) for im in slots]
+        return tuple(ids), tuple(slots)
 
     def _point(self, messages, prev: Point | None) -> Point:
         if messages == self.start.messages:
             return self.start
         text = self.render(messages, False)
-        return Point(messages, self.encode(text, prev), text, prev)
+        tokens, images = self.encode(text, prev)
+        return Point(messages, tokens, text, prev, images)
 
     # -- a turn ---------------------------------------------------------------------------
 
     def user_content(self, text: str) -> str:
-        """The next user message: pending uploads, then what was typed."""
+        """The next user message: pending uploads, then what was typed. An image goes
+        right before what follows it (as transformers' processor lays out an image part)."""
         sep = "\n" if self.raw else "\n\n"
         out = ""
-        for part in [t for _, t in self.pending] + [text]:
-            out = join(out, part, sep)
+        for part in [t for _, t in self.pending] + [plain(text)]:
+            out = out + part if out.endswith(MARK_CLOSE) else join(out, part, sep)
         return out
 
     def prompt(self, text: str) -> Point:
@@ -126,7 +167,8 @@ class Conversation:
         new = ({"role": "user", "content": content},) if content or not self.raw else ()
         msgs = self.state.messages + new
         rendered = self.render(msgs, True)
-        return Point(msgs, self.encode(rendered, self.state), rendered, self.state)
+        tokens, images = self.encode(rendered, self.state)
+        return Point(msgs, tokens, rendered, self.state, images)
 
     def reply(self, turn: Point, ids: list[int], reply: str) -> None:
         """Commit the exchange: `turn` (from prompt()) and the model's reply, whole or cut
@@ -139,9 +181,10 @@ class Conversation:
             spelled = self.llm.detokenize(ids[:k])
             tokens = turn.tokens + tuple(ids[:k]) + \
                 tuple(self.llm.tokenize(rest[len(spelled):], add_bos=False))
+            images = turn.images
         else:                                       # the template rewrote earlier text
-            tokens = self.encode(text)
-        self.state = Point(msgs, tokens, text, self.state)
+            tokens, images = self.encode(text)
+        self.state = Point(msgs, tokens, text, self.state, images)
         self.pending = []
 
     def _agreeing(self, ids: list[int], rest: str) -> int:
@@ -161,15 +204,27 @@ class Conversation:
         the next turn opens with (next_prefix)."""
         return len(self.next_prefix())
 
-    def next_prefix(self) -> list[int]:
-        """The tokens every next prompt starts with (the system prompt, an upload, the
-        opening of the next turn), to compute ahead while the user types."""
+    def next_prefix(self) -> Prompt:
+        """What every next prompt starts with (the system prompt, an upload, the opening
+        of the next turn), to compute ahead while the user types."""
         try:
             a, b = self.prompt("A"), self.prompt("B")
         except ChatError:
-            return list(self.state.tokens)
+            return self.state.prompt()
         common = os.path.commonprefix([a.text, b.text])
-        return list(self.encode(common, self.state))
+        if _HALF_MARK.search(common):
+            common = common[:common.rindex(MARK_OPEN)]     # never half a marker
+        tokens, images = self.encode(common, self.state)
+        return Prompt(list(tokens), list(images))
+
+    def readable(self, prompt: Prompt) -> str:
+        """The text the model reads for `prompt`, an image shown as its size in tokens."""
+        out, pos = [], 0
+        for im in prompt.images:
+            out.append(self.llm.detokenize(prompt.tokens[pos:im.start]))
+            out.append(f"[image: {len(im.embeds)} tokens]")
+            pos = im.start + len(im.embeds)
+        return "".join(out) + self.llm.detokenize(prompt.tokens[pos:])
 
     # -- going back -----------------------------------------------------------------------
 
@@ -211,16 +266,16 @@ class Conversation:
         return dropped
 
 
-def sync_cache(engine: Engine, tokens) -> None:
-    """Rewind the cache to what it shares with `tokens` (the conversation went back)."""
-    engine.rewind(len(engine.keys) - shared_prefix(engine.keys, tokens))
+def sync_cache(engine: Engine, prompt: Prompt) -> None:
+    """Rewind the cache to what it shares with `prompt` (the conversation went back)."""
+    engine.rewind(len(engine.keys) - shared_prefix(engine.keys, prompt.keys()))
 
 
-def warm_cache(engine: Engine, tokens: list[int]) -> int:
+def warm_cache(engine: Engine, prompt: Prompt) -> int:
     """Compute `tokens` ahead (the cache keeps them for the next turn); how many were
     computed. Skips a prefix that does not fit (the turn then says so)."""
-    if not tokens or len(tokens) >= engine.n_ctx:
+    if not len(prompt) or len(prompt) >= engine.n_ctx:
         return 0
     st = Stats()
-    engine.prefill(Prompt(list(tokens)), st, logits=False)  # only what the cache lacks
+    engine.prefill(prompt, st, logits=False)                # only what the cache lacks
     return st.prompt_tokens - st.cached_tokens

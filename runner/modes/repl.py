@@ -23,7 +23,7 @@ import sys
 from .. import __version__
 from ..args import PROG, UserError, die, read_prompt, sampling_from_args, stop_strings
 from ..chat import ChatError, resolve_template
-from ..engine import ContextError, Prompt, Stats
+from ..engine import ContextError, Stats
 from . import commands
 from .conversation import Conversation, sync_cache, warm_cache
 from .terminal import PlainReader, TerminalReader, unquote
@@ -143,7 +143,7 @@ class Repl:
     def settle(self) -> None:
         """Rewind the cache to the conversation (after /undo, /pop, ...), then compute
         what the next turn starts with (the system prompt, uploads) while the user types."""
-        sync_cache(self.engine, self.conv.state.tokens)
+        sync_cache(self.engine, self.conv.state.prompt())
         warm_cache(self.engine, self.conv.next_prefix())
 
     def turn(self, text: str) -> None:
@@ -156,7 +156,7 @@ class Repl:
         gen, stats = None, Stats()
         try:
             # with -n 0 the model reads the message and says nothing
-            gen = self.engine.generate(Prompt(list(turn.tokens)), self.params, max_tokens=self.limit,
+            gen = self.engine.generate(turn.prompt(), self.params, max_tokens=self.limit,
                                        stop=self.stops, ignore_eos=self.args.ignore_eos)
             for tok in gen:
                 if tok.id >= 0:
@@ -198,11 +198,13 @@ class Repl:
         more = f", or restart with -c {train}" if self.llm.n_ctx < train else ""
         return f"the context is full: {why}. /forget drops the oldest exchange, /clear starts over{more}."
 
-    def attach(self, name: str, text: str) -> None:
-        """An upload: it goes with the next message, and is read into the cache now."""
+    def attach(self, name: str, text: str, size: int | None = None) -> None:
+        """An upload (text, or an image's marker and its size in tokens): it goes with the
+        next message, and is read into the cache now."""
         conv = self.conv
         conv.pending.append((name, text))
-        size = len(self.llm.tokenize(text, add_bos=False))
+        if size is None:
+            size = len(self.llm.tokenize(text, add_bos=False))
         ahead = conv.next_prefix()
         if len(ahead) >= self.llm.n_ctx:
             conv.pending.pop()

@@ -2,13 +2,14 @@
 
 `kind_of` sorts a file by its first bytes; `READERS` maps each kind to the function that
 adds it to the conversation. A text file goes in front of the next message (fenced, with
-its name; as it is in raw completion mode) and is read into the cache right away. An
-image is recognized and refused with the reason: the chat's token state (conversation.py)
-holds text only so far; an image reader goes under READERS["image"].
+its name; as it is in raw completion mode), an image (with a vision projector) as its
+soft tokens; either is read into the cache right away.
 """
 from __future__ import annotations
 
 import os
+
+from .conversation import plain
 
 # signatures of the image formats a vision model reads (BMP's "BM" is too short to
 # trust alone: the name must agree)
@@ -42,16 +43,23 @@ def read_text(repl, path: str, data: bytes) -> None:
         repl.screen.error(f"{path}: a binary file (it has NUL bytes); /upload reads text files")
         return
     name = os.path.basename(path)
+    text = plain(text)                             # no characters that could pose as an image
     repl.attach(name, text if repl.conv.raw else fenced(name, text))
 
 
 def read_image(repl, path: str, data: bytes) -> None:
-    if not getattr(repl.llm, "has_vision", False):
+    if not repl.llm.has_vision:
         repl.screen.error(f"{path}: an image; this model reads text only: images need a vision "
                           f"projector (restart with --mmproj FILE)")
-    else:
-        repl.screen.error(f"{path}: an image; the terminal chat does not take images yet "
-                          f"(--cli --image FILE and --server do)")
+        return
+    from ..images import ImageError
+    try:
+        repl.llm.image(data)                       # check and encode now; the prompt reuses it
+    except ImageError as e:
+        repl.screen.error(str(e))
+        return
+    # the file's bytes, not its path: the conversation keeps the image as it was
+    repl.attach(os.path.basename(path), repl.conv.add_image(data), size=repl.llm.image_tokens + 4)
 
 
 READERS = {"text": read_text, "image": read_image}

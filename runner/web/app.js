@@ -124,14 +124,28 @@ function messageNode(role, content) {
 }
 
 function setContent(body, role, content) {
-  if (role === "assistant") body.innerHTML = Markdown.render(content);
-  else body.textContent = content;             // the user's own text, shown as typed
+  if (role === "assistant") { body.innerHTML = Markdown.render(content); return; }
+  if (typeof content === "string") { body.textContent = content; return; }   // shown as typed
+  body.textContent = "";
+  for (const p of content) {
+    if (p.type === "image_url") {
+      const img = document.createElement("img");
+      img.className = "sent-image";
+      img.src = p.image_url.url;
+      img.alt = "image";
+      body.appendChild(img);
+    } else {
+      const t = document.createElement("div");
+      t.textContent = p.text;
+      body.appendChild(t);
+    }
+  }
 }
 
 function renderChat() {
   const box = $("messages");
   box.textContent = "";
-  for (const m of chat.messages) box.appendChild(messageNode(m.role, typeof m.content === "string" ? m.content : textOf(m.content)));
+  for (const m of chat.messages) box.appendChild(messageNode(m.role, m.content));
   if (!chat.messages.length) {
     const hint = document.createElement("div");
     hint.className = "empty";
@@ -141,23 +155,20 @@ function renderChat() {
   box.scrollTop = box.scrollHeight;
 }
 
-function textOf(parts) {
-  return parts.filter(p => p.type === "text").map(p => p.text).join("\n") +
-         (parts.some(p => p.type === "image_url") ? "\n[image]" : "");
-}
-
 function setBusy(prefix, busy) {
   $(prefix === "chat" ? "send" : "complete").disabled = busy;
   $(prefix === "chat" ? "stop" : "completion-stop").hidden = !busy;
 }
 
-// the content of a new user message: text, plus images the vision feature attached
+// the content of a new user message: the images attach.js collected, then the text
+// (an image before the words that ask about it, as Gemma 3's processor lays it out)
 function userContent(text) {
   const images = window.gemmaAttachments || [];
   if (!images.length) return text;
-  const parts = [{type: "text", text}];
-  for (const url of images) parts.push({type: "image_url", image_url: {url}});
+  const parts = images.map(url => ({type: "image_url", image_url: {url}}));
+  parts.push({type: "text", text});
   window.gemmaAttachments = [];
+  if (window.gemmaAttachmentsSent) window.gemmaAttachmentsSent();
   return parts;
 }
 

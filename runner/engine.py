@@ -186,6 +186,18 @@ class Engine:
         [n_vocab], or with logits=False nothing (then a fully cached prompt computes
         nothing). `on_chunk(done, total)` is called once the cached prefix is known and
         after every chunk; it may raise to cancel, leaving the cache consistent."""
+        out = None
+        for done, total, out in self.prefill_chunks(prompt, stats, logits):
+            if on_chunk is not None:
+                on_chunk(done, total)
+        return out
+
+    def prefill_chunks(self, prompt: Prompt, stats: Stats | None = None,
+                       logits: bool = True) -> Iterator[tuple[int, int, np.ndarray | None]]:
+        """`prefill` a chunk at a time, for a caller that interleaves other work (the
+        server's scheduler): yields (tokens done, total, None) once the cached prefix is
+        known and after each chunk; the last yield carries the logits (with logits=True).
+        Closing it early leaves the cache consistent. stats.prefill_s counts compute time."""
         n = len(prompt)
         if n == 0:
             raise ContextError("the prompt is empty")
@@ -205,21 +217,19 @@ class Engine:
                 common = im.start
         self._truncate(common)
         start = reused = len(self.keys)          # less than `common` if the cache had to reset
-        if stats is not None:
-            stats.prompt_tokens, stats.cached_tokens = n, reused
-        t0 = time.perf_counter()
-        if on_chunk is not None:
-            on_chunk(start, n)
-        out = None
+        stats = stats if stats is not None else Stats()
+        stats.prompt_tokens, stats.cached_tokens = n, reused
+        if start == n:                           # logits=False and all of it is cached
+            yield n, n, None
+            return
+        yield start, n, None
         while start < n:
             stop = self._chunk_end(prompt, start, n)
+            t0 = time.perf_counter()
             out = self._forward(prompt, keys, start, stop, "last" if logits and stop == n else "none")
+            stats.prefill_s += time.perf_counter() - t0
             start = stop
-            if stats is not None:
-                stats.prefill_s = time.perf_counter() - t0
-            if on_chunk is not None:
-                on_chunk(start, n)
-        return out[0] if logits else None
+            yield start, n, (out[0] if logits and stop == n else None)
 
     # -- a fresh context ---------------------------------------------------------------------
 
@@ -266,51 +276,21 @@ class Engine:
         top-n alternatives. Text held back at the end (a stop string's unfinished start,
         an incomplete UTF-8 tail) comes as a last Token with id -1. `on_prefill` is
         prefill's `on_chunk`. Stats are in self.last_stats afterwards."""
-        params = params or SamplingParams()
         stats = self.last_stats = Stats()
         logits = self.prefill(prompt, stats, on_prefill)
-        if max_tokens == 0:
-            stats.finish_reason, stats.stop_type = "length", "limit"
-            return
-        rng = np.random.default_rng(params.seed)
-        history = list(prompt.tokens)
-        decoder = self.tok.stream_decoder()
-        stop = [s for s in stop if s]
-        pending = ""                           # text that may start a stop string
-        while True:
-            if constraint is None:
-                tok = sample(logits, params, rng, history)
-            else:
-                tok = constraint.choose(logits, params, rng, history)
-            if tok is None or (tok in self.stop_ids and not ignore_eos):
-                stats.finish_reason, stats.stop_type = "stop", ("eos" if tok is not None else "constraint")
-                break
-            history.append(tok)
-            stats.generated_tokens += 1
-            lp, top = token_logprobs(logits, tok, logprobs) if logprobs is not None else (None, None)
-            text, pending, word = _release(pending + decoder.feed(tok), stop)
-            if word is not None:
-                stats.finish_reason, stats.stop_type, stats.stopping_word = "stop", "word", word
-            elif constraint is not None and constraint.done:
-                stats.finish_reason, stats.stop_type = "stop", "constraint"
-            elif max_tokens is not None and 0 <= max_tokens <= stats.generated_tokens:
-                stats.finish_reason, stats.stop_type = "length", "limit"
-            elif len(self.keys) + 1 >= self.n_ctx:
-                stats.finish_reason, stats.stop_type = "context", "context"
-            if stats.finish_reason and word is None:
-                text, pending = text + pending + decoder.flush(), ""
-            stats.text += text
-            yield Token(tok, text, lp, top)
-            if stats.finish_reason:
-                return
-            t = time.perf_counter()
-            logits = self._decode(tok)
-            stats.decode_s += time.perf_counter() - t
-            stats.decode_steps += 1
-        tail = pending + decoder.flush()
-        if tail:
-            stats.text += tail
-            yield Token(-1, tail)
+        g = Generation(self, prompt, params, max_tokens, stop, ignore_eos, logprobs, constraint, stats)
+        while not g.done:
+            tok = g.step(logits)
+            if tok is not None:
+                yield tok
+            if not g.done:
+                t = time.perf_counter()
+                logits = self._decode(g.next_input)
+                stats.decode_s += time.perf_counter() - t
+                stats.decode_steps += 1
+        tail = g.tail()
+        if tail is not None:
+            yield tail
 
     def _decode(self, tok: int) -> np.ndarray:
         """Evaluate one token at the end of the cache; its logits [n_vocab]."""
@@ -322,6 +302,89 @@ class Engine:
             raise
         self.keys.append(tok)
         return out[0]
+
+
+class Generation:
+    """The sampling side of one reply, fed the logits after each evaluated token: it
+    picks the next token, applies the stop rules and releases text. `Engine.generate`
+    drives one; the server's scheduler drives several, evaluating their next tokens in
+    one batch (decode_batch). After `step`, `done` says the reply is over, else
+    `next_input` is the token to evaluate for the next logits."""
+
+    def __init__(self, engine: Engine, prompt: Prompt, params: SamplingParams | None = None,
+                 max_tokens: int | None = None, stop=(), ignore_eos: bool = False,
+                 logprobs: int | None = None, constraint: Constraint | None = None,
+                 stats: Stats | None = None):
+        self.engine = engine
+        self.params = params or SamplingParams()
+        self.max_tokens, self.ignore_eos, self.logprobs, self.constraint = max_tokens, ignore_eos, logprobs, constraint
+        self.stop = [s for s in stop if s]
+        self.stats = stats if stats is not None else Stats()
+        self.rng = np.random.default_rng(self.params.seed)
+        self.history = list(prompt.tokens)
+        self.decoder = engine.tok.stream_decoder()
+        self.pending = ""                      # text that may start a stop string
+        self.next_input: int | None = None
+        self.done = max_tokens == 0
+        if self.done:
+            self.stats.finish_reason, self.stats.stop_type = "length", "limit"
+
+    def step(self, logits: np.ndarray) -> Token | None:
+        """Sample from `logits` [n_vocab]; the Token to emit, or None (the reply ended on
+        eos or on a constraint that allows nothing)."""
+        st, eng = self.stats, self.engine
+        if self.constraint is None:
+            tok = sample(logits, self.params, self.rng, self.history)
+        else:
+            tok = self.constraint.choose(logits, self.params, self.rng, self.history)
+        if tok is None or (tok in eng.stop_ids and not self.ignore_eos):
+            st.finish_reason, st.stop_type = "stop", ("eos" if tok is not None else "constraint")
+            self.done = True
+            return None
+        self.history.append(tok)
+        st.generated_tokens += 1
+        lp, top = token_logprobs(logits, tok, self.logprobs) if self.logprobs is not None else (None, None)
+        text, self.pending, word = _release(self.pending + self.decoder.feed(tok), self.stop)
+        if word is not None:
+            st.finish_reason, st.stop_type, st.stopping_word = "stop", "word", word
+        elif self.constraint is not None and self.constraint.done:
+            st.finish_reason, st.stop_type = "stop", "constraint"
+        elif self.max_tokens is not None and 0 <= self.max_tokens <= st.generated_tokens:
+            st.finish_reason, st.stop_type = "length", "limit"
+        elif len(eng.keys) + 1 >= eng.n_ctx:
+            st.finish_reason, st.stop_type = "context", "context"
+        if st.finish_reason:
+            self.done = True
+            if word is None:
+                text, self.pending = text + self.pending + self.decoder.flush(), ""
+        st.text += text
+        self.next_input = None if self.done else tok
+        return Token(tok, text, lp, top)
+
+    def tail(self) -> Token | None:
+        """Text still held back when the reply ends on eos (id -1), or None."""
+        text = self.pending + self.decoder.flush()
+        self.pending = ""
+        if not text or self.stats.stop_type == "word":
+            return None
+        self.stats.text += text
+        return Token(-1, text)
+
+
+def decode_batch(engines: list[Engine], tokens: list[int]) -> np.ndarray:
+    """Evaluate one token at the end of each engine's cache (engines sharing one set of
+    weights), all in one pass over the weights: logits [len(engines), n_vocab]."""
+    e0 = engines[0]
+    positions = np.array([len(e.keys) for e in engines])
+    try:
+        out = M.forward_batch(e0.W, e0.cfg, [e.caches for e in engines], np.asarray(tokens), positions)
+    except BaseException:
+        for e, n in zip(engines, positions.tolist()):
+            e._truncate(n)                     # undo a half-written step
+        raise
+    for e, t in zip(engines, tokens):
+        e.keys.append(int(t))
+    return out
 
 
 def token_logprobs(logits: np.ndarray, tok: int, n: int) -> tuple[float, list[tuple[int, float]] | None]:

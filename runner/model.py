@@ -111,6 +111,13 @@ class Linear:
     quantized rows (dequantized a row block at a time during the product)."""
 
     STREAM_BLOCK = 1 << 24   # values dequantized at once when streaming (64 MB)
+    # A few rows of x (a batch of sequences decoding together) are where OpenBLAS is
+    # weakest: its gemm repacks all of W for every call. Measured on the 270M weights:
+    # 2-3 rows go faster as one matrix-vector product each; 4-16 rows against a big W
+    # (the 262k-row output matrix) as products over blocks of W's rows.
+    PER_ROW = 3
+    FEW_ROWS = 16
+    BLOCK_ROWS = 2048
 
     def __init__(self, parts: list[tuple[np.ndarray, GGMLType]], n_in: int, resident: bool):
         self.n_out = sum(len(raw) for raw, _ in parts)
@@ -126,6 +133,17 @@ class Linear:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.w is not None:
+            T = x.shape[0]
+            if 1 < T <= self.PER_ROW:
+                out = np.empty((T, self.n_out), dtype=F32)
+                for i in range(T):
+                    np.matmul(self.w, x[i], out=out[i])        # [out, in] @ [in] -> [out]
+                return out
+            if 1 < T <= self.FEW_ROWS and self.n_out >= 4 * self.BLOCK_ROWS:
+                out = np.empty((T, self.n_out), dtype=F32)
+                for r in range(0, self.n_out, self.BLOCK_ROWS):
+                    np.matmul(x, self.w[r:r + self.BLOCK_ROWS].T, out=out[:, r:r + self.BLOCK_ROWS])
+                return out
             return x @ self.w.T                                # [T, in] -> [T, out]
         out = np.empty((x.shape[0], self.n_out), dtype=F32)
         col = 0
@@ -344,9 +362,11 @@ def attention(q: np.ndarray, K: np.ndarray, V: np.ndarray, mask: np.ndarray | No
     return o.reshape(n_kv, T, g, hd).transpose(1, 0, 2, 3).reshape(T, n_head * hd)
 
 
-def block(L: Layer, cfg: Config, cache, x: np.ndarray, positions: np.ndarray, rope, window: int,
-          groups: np.ndarray | None) -> np.ndarray:
-    """One decoder layer on x [T, d]; returns the new residual stream."""
+def block(L: Layer, cfg: Config, caches: list, seqs: list[slice], x: np.ndarray, positions: np.ndarray,
+          rope, window: int, groups: np.ndarray | None) -> np.ndarray:
+    """One decoder layer on x [T, d]; returns the new residual stream. The rows are one
+    or more sequences: rows seqs[i] belong to the sequence cached in caches[i] (one
+    sequence's chunk, or one token each of several: weights are read once for all)."""
     T = x.shape[0]
     nq, nkv, hd = cfg.n_head, cfg.n_kv, cfg.head_dim
     h = rms_norm(x, L.attn_norm, cfg.eps)
@@ -359,13 +379,17 @@ def block(L: Layer, cfg: Config, cache, x: np.ndarray, positions: np.ndarray, ro
     q = apply_rope(q, *rope)
     q *= F32(cfg.query_scale)
     k = apply_rope(k, *rope)
-    K, V, kpos = cache.update_and_fetch(k.transpose(1, 0, 2), v.transpose(1, 0, 2), positions)
-    kgroups = None
-    if groups is not None:                                        # image tokens are all in this chunk
-        kgroups = np.zeros(len(kpos), dtype=groups.dtype)
-        kgroups[-T:] = groups
-    mask = attention_mask(positions, kpos, window, groups, kgroups)
-    o = L.attn_output(attention(q, K, V, mask))                   # [T, d]
+    att = np.empty((T, nq * hd), dtype=F32)
+    for cache, rows in zip(caches, seqs):
+        pos = positions[rows]
+        K, V, kpos = cache.update_and_fetch(k[rows].transpose(1, 0, 2), v[rows].transpose(1, 0, 2), pos)
+        kgroups = None
+        if groups is not None:                                    # image tokens are all in this chunk
+            kgroups = np.zeros(len(kpos), dtype=groups.dtype)
+            kgroups[-len(pos):] = groups[rows]
+        mask = attention_mask(pos, kpos, window, groups if groups is None else groups[rows], kgroups)
+        att[rows] = attention(q[rows], K, V, mask)
+    o = L.attn_output(att)                                        # [T, d]
     x = x + rms_norm(o, L.post_attention_norm, cfg.eps)
     h = rms_norm(x, L.ffn_norm, cfg.eps)
     gu = L.ffn_gate_up(h)                                         # [T, 2 d_ff]
@@ -373,6 +397,18 @@ def block(L: Layer, cfg: Config, cache, x: np.ndarray, positions: np.ndarray, ro
     f *= gu[:, cfg.d_ff:]
     f = L.ffn_down(f)                                             # [T, d]
     return x + rms_norm(f, L.post_ffw_norm, cfg.eps)
+
+
+def _layers(W: Weights, cfg: Config, caches: list[list], seqs: list[slice], x: np.ndarray,
+            positions: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """All layers; caches[i] is sequence i's per-layer cache list."""
+    rope_g = rope_tables(cfg, positions, local=False)
+    rope_l = rope_tables(cfg, positions, local=True) if any(cfg.sliding) else None
+    for il, L in enumerate(W.layers):
+        local = cfg.sliding[il]
+        x = block(L, cfg, [c[il] for c in caches], seqs, x, positions, rope_l if local else rope_g,
+                  cfg.sliding_window if local else 0, groups)
+    return x
 
 
 def forward(W: Weights, cfg: Config, caches: list, ids: np.ndarray, p0: int,
@@ -391,13 +427,19 @@ def forward(W: Weights, cfg: Config, caches: list, ids: np.ndarray, p0: int,
     x *= F32(math.sqrt(cfg.d))
     for row, e in embeds or ():
         x[row:row + len(e)] = e
-    rope_g = rope_tables(cfg, positions, local=False)
-    rope_l = rope_tables(cfg, positions, local=True) if any(cfg.sliding) else None
-    for il, L in enumerate(W.layers):
-        local = cfg.sliding[il]
-        x = block(L, cfg, caches[il], x, positions, rope_l if local else rope_g,
-                  cfg.sliding_window if local else 0, groups)
+    x = _layers(W, cfg, [caches], [slice(0, T)], x, positions, groups)
     if logits == "none":
         return None
     h = rms_norm(x[-1:] if logits == "last" else x, W.output_norm, cfg.eps)
     return W.token_embd(h)                                        # [T or 1, n_vocab]
+
+
+def forward_batch(W: Weights, cfg: Config, caches: list[list], ids: np.ndarray,
+                  positions: np.ndarray) -> np.ndarray:
+    """One token for each of several sequences (caches[i], at positions[i]) in a single
+    pass over the weights: logits [len(ids), n_vocab]. why: decoding reads every weight
+    for each token, so B sequences decoded together cost far less than B steps."""
+    x = W.token_embd.rows(ids)                                    # [B, d]
+    x *= F32(math.sqrt(cfg.d))
+    x = _layers(W, cfg, caches, [slice(b, b + 1) for b in range(len(ids))], x, positions, None)
+    return W.token_embd(rms_norm(x, W.output_norm, cfg.eps))      # [B, n_vocab]

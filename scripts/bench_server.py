@@ -5,7 +5,8 @@ clients, figures printed, never asserted.
 
 Each client streams /v1/completions for its own ~20-token prompt, 32 greedy tokens with
 ignore_eos (best of 2 runs). Two servers per concurrency: with one slot (-np 1: requests queue) and with
-one slot per client (-np N: generations interleave on the cores). Aggregate = all
+one slot per client (-np N: the replies in progress decode together, one pass over the weights
+per step). Aggregate = all
 generated tokens / wall time from the first request to the last token.
 """
 from __future__ import annotations

@@ -117,3 +117,32 @@ def test_incremental_decode_and_chunks_equal_full_pass(tmp_path):
     for p in range(41, 60):
         got.append(M.forward(llm.weights, llm.cfg, caches, np.array(ids[p:p + 1]), p, logits="all"))
     np.testing.assert_allclose(np.concatenate(got), full, rtol=0, atol=1e-5 * np.abs(full).max())
+
+
+def test_batched_decode_equals_one_sequence_at_a_time(tmp_path):
+    """Several sequences at different positions (some past the sliding window), one token
+    each in one pass over the weights, give the logits each gets decoded alone."""
+    from runner.engine import Engine, Prompt, decode_batch
+    cfg = text_config(vocab=300, d=64, layers=7, heads=4, kv_heads=2, head_dim=32, window=16)
+    hf = build_text_model(cfg, seed=7)
+    path = write_text_gguf(hf, tmp_path / "batch.gguf")
+    llm = runner.load(path, n_ctx=128)
+    lengths = [5, 17, 40, 3]
+    prompts = [random_ids(n, 300, seed=20 + i) for i, n in enumerate(lengths)]
+    nxt = [11, 12, 13, 14]
+    alone = []
+    for p, t in zip(prompts, nxt):
+        e = Engine(llm.weights, llm.cfg, llm.tokenizer, n_ctx=128)
+        e.prefill(Prompt(p))
+        alone.append(e._decode(t))
+    engines = [Engine(llm.weights, llm.cfg, llm.tokenizer, n_ctx=128) for _ in prompts]
+    for e, p in zip(engines, prompts):
+        e.prefill(Prompt(p))
+    together = decode_batch(engines, nxt)
+    np.testing.assert_allclose(together, np.stack(alone), rtol=0, atol=1e-5 * np.abs(together).max())
+    assert [e.keys for e in engines] == [p + [t] for p, t in zip(prompts, nxt)]
+    # and they go on from there, each its own way
+    again = decode_batch(engines, [1, 2, 3, 4])
+    ref = Engine(llm.weights, llm.cfg, llm.tokenizer, n_ctx=128)
+    ref.prefill(Prompt(prompts[2] + [13]))
+    np.testing.assert_allclose(again[2], ref._decode(3), rtol=0, atol=1e-5 * np.abs(again).max())

@@ -55,7 +55,7 @@ def attach_model(state: State, llm) -> None:
                               for _ in range(state.options.parallel - 1)]
     for e in engines:
         e.n_batch = PREFILL_CHUNK                   # the granularity of progress and of a cancel
-    state.pool = SlotPool(engines, state.metrics, state, state.options.threads)
+    state.pool = SlotPool(engines, state.metrics, state)
     state.llm = llm                                  # last: a non-None llm means ready
 
 

@@ -9,31 +9,27 @@ Scheduling: requests wait in arrival order for a free slot. A request takes, amo
 free slots, the one whose cache shares the longest prefix with its prompt (the next turn
 of a chat finds its conversation still cached), else the one idle the longest.
 
-Concurrency: an engine is not thread-safe, so a slot runs one job at a time, in a worker
-thread (numpy releases the GIL inside BLAS, so the event loop keeps serving other
-clients meanwhile). The worker hands events to the request's asyncio queue and checks a
-cancel flag between tokens and between prefill chunks: a client that goes away stops its
-generation within one token. The worker itself frees the slot when the engine is idle
-again, so the next request can never touch an engine still in use. While several slots
-compute, the BLAS threads are split among them (BlasShare).
+Concurrency: the engines are only touched by one compute thread (scheduler.py), which
+reads prompts a chunk at a time and decodes all the replies in progress together, one
+pass over the weights per step. A request's events reach its asyncio queue through the
+event loop; its client leaving sets a cancel flag the scheduler checks between steps, so
+a generation stops within one token. The slot is freed (on the event loop) when the
+scheduler is done with it, so the next request can never touch an engine still in use.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
 
 import numpy as np
 
-from ..engine import Engine, Prompt, set_blas_threads
+from ..engine import Engine, Prompt
 from ..sampling import SamplingParams
-from .jsonmode import JSONConstraint
+from .scheduler import Running, Scheduler
 
 PREFILL_CHUNK = 256          # tokens per prefill step: the granularity of progress and cancel
 POLL_S = 0.5                 # how often a waiting non-streaming request checks its client
@@ -153,43 +149,14 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return int(diff[0]) if len(diff) else n
 
 
-class BlasShare:
-    """Splits the BLAS threads among the slots computing at once. OpenBLAS calls made
-    from several threads at the same time, each wanting all the cores, contend so badly
-    that two streams ran at a third of one stream's speed; one thread per running slot
-    (all of them for a lone slot) keeps every core busy instead."""
-
-    def __init__(self, threads: int):
-        self.threads = max(1, threads)
-        self.active = 0
-        self.lock = threading.Lock()
-
-    def _set(self) -> None:
-        set_blas_threads(max(1, self.threads // max(1, self.active)))
-
-    def __enter__(self):
-        with self.lock:
-            self.active += 1
-            if self.active > 1:
-                self._set()
-
-    def __exit__(self, *exc):
-        with self.lock:
-            self.active -= 1
-            if self.active >= 1:
-                self._set()
-
-
 class SlotPool:
-    def __init__(self, engines: list[Engine], metrics: Metrics, state=None, threads: int | None = None):
+    def __init__(self, engines: list[Engine], metrics: Metrics, state=None):
         self.slots = [Slot(i, e) for i, e in enumerate(engines)]
         self.metrics = metrics
         self.state = state                    # api_common.State: the JSON vocabulary, logs
-        self.blas = BlasShare(threads or os.cpu_count() or 1) if len(engines) > 1 else \
-            contextlib.nullcontext()
         self._waiters: deque[tuple[asyncio.Future, list[int]]] = deque()
-        self._executor = ThreadPoolExecutor(len(engines), thread_name_prefix="slot")
         self._cancels: set[threading.Event] = set()
+        self.scheduler = Scheduler(self._finished)
 
     @property
     def busy(self) -> int:
@@ -281,12 +248,17 @@ class SlotPool:
             self._cancels.discard(cancel)
             self._release(slot)
 
-        try:
-            self._executor.submit(self._work, slot, job, emit, cancel,
-                                  lambda: loop.call_soon_threadsafe(free))
-        except RuntimeError:                      # the executor is shut down
+        def free_soon() -> None:                  # from the scheduler thread
+            try:
+                loop.call_soon_threadsafe(free)
+            except RuntimeError:                  # the loop is gone (shutdown)
+                pass
+
+        if self.scheduler.stopping.is_set():      # shutting down
             free()
-            raise
+            return
+        self.scheduler.submit(Running(slot, job, Result(slot=slot.id, prompt_tokens=len(job.prompt)), emit,
+                                      cancel, free_soon))
         try:
             while True:
                 if disconnected is None:
@@ -307,65 +279,24 @@ class SlotPool:
     def shutdown(self) -> None:
         for c in list(self._cancels):
             c.set()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.scheduler.shutdown()
 
-    # -- the worker (one thread per running job) ---------------------------------------
-
-    def _work(self, slot: Slot, job: Job, emit, cancel: threading.Event, free) -> None:
-        r = Result(slot=slot.id, prompt_tokens=len(job.prompt))
-        try:
-            with self.blas:
-                self._job(slot, job, r, emit, cancel)
-        except Exception as e:                    # reported to the client by the handler
-            emit(("error", e))
-        finally:
-            free()
-
-    def _job(self, slot: Slot, job: Job, r: Result, emit, cancel: threading.Event) -> None:
-        eng = slot.engine
-        t0 = time.perf_counter()
-
-        def check(done: int, total: int) -> None:
-            if cancel.is_set():
-                raise Cancelled
-
-        def on_prefill(done: int, total: int) -> None:
-            check(done, total)
-            if job.progress:
-                emit(("progress", {"total": total, "cache": eng.last_stats.cached_tokens, "processed": done,
-                                   "time_ms": (time.perf_counter() - t0) * 1e3}))
-        try:
-            if job.prompt_logprobs is not None:
-                r.prompt_logprobs = eng.prompt_logprobs(job.prompt, job.prompt_logprobs, check)
-                emit(("prompt_logprobs", r.prompt_logprobs))
-            constraint = JSONConstraint(job.json_vocab) if job.json_vocab is not None else None
-            gen = eng.generate(job.prompt, job.params, max_tokens=job.max_tokens, stop=job.stop,
-                               ignore_eos=job.ignore_eos, logprobs=job.logprobs, constraint=constraint,
-                               on_prefill=on_prefill)
-            try:
-                for tok in gen:
-                    if cancel.is_set():
-                        break
-                    emit(("token", tok))
-            finally:
-                gen.close()                       # the engine's cache stays consistent
-        except Cancelled:
-            pass
-        st = eng.last_stats
-        r.cached_tokens, r.prefill_s = st.cached_tokens, st.prefill_s
-        r.generated_tokens, r.decode_s = st.generated_tokens, st.decode_s
-        r.finish_reason = "stop" if st.finish_reason == "stop" else "length"
-        r.stop_type, r.stopping_word = st.stop_type, st.stopping_word
-        cancelled = cancel.is_set()
-        self.metrics.record(r, cancelled)
-        if self.state is not None and not cancelled:
-            t = r.timings()
-            self.state.log(f"slot {slot.id}: prompt {r.prompt_tokens} tokens ({r.cached_tokens} cached, "
-                           f"{t['prompt_per_second']:.0f} tok/s), {r.generated_tokens} generated "
-                           f"({t['predicted_per_second']:.1f} tok/s), {r.finish_reason}")
-        emit(("done", r))
-
-
-class Cancelled(Exception):
-    """Raised from the engine's callbacks when the client has gone: stops a job between
-    prefill chunks (the cache stays consistent)."""
+    def _finished(self, r: Running, cancelled: bool, error: Exception | None) -> None:
+        """A job's end, from the scheduler thread: its numbers, its last event, its slot."""
+        res, st = r.result, r.stats
+        res.prompt_tokens, res.cached_tokens, res.prefill_s = st.prompt_tokens or res.prompt_tokens, \
+            st.cached_tokens, st.prefill_s
+        res.generated_tokens, res.decode_s = st.generated_tokens, st.decode_s
+        res.finish_reason = "stop" if st.finish_reason == "stop" else "length"
+        res.stop_type, res.stopping_word = st.stop_type, st.stopping_word
+        self.metrics.record(res, cancelled)
+        if error is not None:
+            r.emit(("error", error))
+        else:
+            if self.state is not None and not cancelled:
+                t = res.timings()
+                self.state.log(f"slot {res.slot}: prompt {res.prompt_tokens} tokens ({res.cached_tokens} cached, "
+                               f"{t['prompt_per_second']:.0f} tok/s), {res.generated_tokens} generated "
+                               f"({t['predicted_per_second']:.1f} tok/s), {res.finish_reason}")
+            r.emit(("done", res))
+        r.free()

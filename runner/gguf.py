@@ -109,6 +109,17 @@ class GGUFFile:
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
 
+    def value(self, key: str, kind: type = int, default: Any = None) -> Any:
+        """Metadata `key` as `kind` (int, float, str), `default` if absent; GGUFError
+        naming the key if it is absent with no default, or not of that kind."""
+        v = self.metadata.get(key, default)
+        if v is None:
+            raise self._fail(f"{key}: required key is missing")
+        try:
+            return kind(v)
+        except (TypeError, ValueError):
+            raise self._fail(f"{key}: expected {kind.__name__}, found {v!r}") from None
+
     def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes as stored: uint8, shape (rows..., bytes per row)."""
         t = self.tensors[name]

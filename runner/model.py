@@ -53,13 +53,7 @@ class Config:
             raise GGUFError(f"{g.path}: general.architecture: expected 'gemma3', found {arch!r}")
 
         def key(name, default=None, kind=int):
-            v = g.get(f"gemma3.{name}", default)
-            if v is None:
-                raise GGUFError(f"{g.path}: gemma3.{name}: required key is missing")
-            try:
-                return kind(v)
-            except (TypeError, ValueError):
-                raise GGUFError(f"{g.path}: gemma3.{name}: expected {kind.__name__}, found {v!r}") from None
+            return g.value(f"gemma3.{name}", kind, default)
 
         d, n_head, n_layer = key("embedding_length"), key("attention.head_count"), key("block_count")
         head_dim = key("attention.key_length", d // max(n_head, 1))

@@ -82,13 +82,7 @@ class VisionConfig:
             raise GGUFError(f"{g.path}: clip.projector_type: expected 'gemma3', found {proj!r}")
 
         def key(name, default=None, kind=int):
-            v = g.get(f"clip.vision.{name}", default)
-            if v is None:
-                raise GGUFError(f"{g.path}: clip.vision.{name}: required key is missing")
-            try:
-                return kind(v)
-            except (TypeError, ValueError):
-                raise GGUFError(f"{g.path}: clip.vision.{name}: expected {kind.__name__}, found {v!r}") from None
+            return g.value(f"clip.vision.{name}", kind, default)
 
         def triple(name):
             v = g.get(f"clip.vision.{name}", [0.5, 0.5, 0.5])

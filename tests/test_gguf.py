@@ -273,3 +273,13 @@ def test_real_model_metadata(model_path):
     for t in r.tensors:
         assert g.tensors[t.name].shape == tuple(int(x) for x in reversed(t.shape))
         assert g.tensors[t.name].offset == t.data_offset - r.data_offset
+
+
+def test_typed_values_and_their_errors(small_gguf):
+    g = GGUFFile(small_gguf)
+    assert g.value("t.u32") == 4_000_000_000 and g.value("t.f32", float) == 1.5
+    assert g.value("no.such.key", int, 7) == 7
+    with pytest.raises(GGUFError, match="no.such.key: required key is missing"):
+        g.value("no.such.key")
+    with pytest.raises(GGUFError, match="t.str: expected int, found"):
+        g.value("t.str")

@@ -38,10 +38,6 @@ class FullCache:
         self.offset = min(self.offset, n)
         return True
 
-    @property
-    def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
-
 
 class SlidingCache:
     """A ring buffer for a sliding-window layer: position p lives in slot p % capacity.
@@ -99,10 +95,6 @@ class SlidingCache:
         self.offset = min(self.offset, n)
         need = np.arange(max(0, n - self.window + 1), n)
         return bool(np.all(self.pos[need % self.capacity] == need))
-
-    @property
-    def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
 
 
 def make_caches(cfg, n_ctx: int) -> list[FullCache | SlidingCache]:

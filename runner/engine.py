@@ -205,11 +205,7 @@ class Engine:
             raise ContextError(f"the prompt has {n} tokens but the context holds {self.n_ctx} "
                                f"(and needs room to generate): shorten it or raise --ctx-size")
         keys = prompt.keys()
-        common = 0
-        for a, b in zip(self.keys, keys):
-            if a != b:
-                break
-            common += 1
+        common = common_prefix(self.keys, keys)
         if logits:
             common = min(common, n - 1)         # the last token is evaluated for its logits
         for im in prompt.images:                # never resume inside an image
@@ -294,14 +290,7 @@ class Engine:
 
     def _decode(self, tok: int) -> np.ndarray:
         """Evaluate one token at the end of the cache; its logits [n_vocab]."""
-        pos = len(self.keys)
-        try:
-            out = M.forward(self.W, self.cfg, self.caches, np.array([tok]), pos, None, None, "last")
-        except BaseException:
-            self._truncate(pos)                 # undo a half-written step (Ctrl-C, errors)
-            raise
-        self.keys.append(tok)
-        return out[0]
+        return decode_batch([self], [tok])[0]
 
 
 class Generation:
@@ -369,6 +358,15 @@ class Generation:
             return None
         self.stats.text += text
         return Token(-1, text)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading items two token (or key) lists share."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if len(diff) else n
 
 
 def decode_batch(engines: list[Engine], tokens: list[int]) -> np.ndarray:

@@ -73,10 +73,6 @@ class TensorInfo:
     offset: int                # relative to the data section
     nbytes: int
 
-    @property
-    def n_elements(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
-
 
 class GGUFFile:
     """A parsed GGUF. `metadata` maps keys to Python values (numeric arrays as numpy

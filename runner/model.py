@@ -156,10 +156,6 @@ class Linear:
         (raw, qtype), = self.parts
         return dequantize(raw[ids], qtype)
 
-    @property
-    def nbytes(self) -> int:
-        return self.w.nbytes if self.w is not None else sum(raw.nbytes for raw, _ in self.parts)
-
 
 @dataclass
 class Layer:
@@ -180,13 +176,6 @@ class Weights:
     token_embd: Linear             # [n_vocab, d], also the output matrix (tied)
     output_norm: np.ndarray        # [d]
     layers: list[Layer]
-
-    @property
-    def nbytes(self) -> int:
-        n = self.token_embd.nbytes + self.output_norm.nbytes
-        for L in self.layers:
-            n += sum(v.nbytes for v in vars(L).values())
-        return n
 
 
 def f32_bytes(cfg: Config) -> int:

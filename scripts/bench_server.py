@@ -69,7 +69,7 @@ def bench_server(model_path, threads: int) -> None:
     for clients in (1, 4, 8):
         line = f"  {clients} stream{'s' if clients > 1 else ' '}"
         for parallel in sorted({1, clients}):
-            with serve_in_thread(create_app(llm, Options(parallel=parallel, threads=threads, log=False))) as base:
+            with serve_in_thread(create_app(llm, Options(parallel=parallel, log=False))) as base:
                 _run(base, 1)                             # warm up: page in weights, build caches
                 tok_s, ttft = max(_run(base, clients) for _ in range(2))     # best of 2: the machine is shared
             line += f"   -np {parallel}: {tok_s:6.1f} tok/s ({ttft:5.2f} s)"

@@ -20,7 +20,7 @@ PROMPTS = [f"Write one sentence about {t}." for t in TOPICS]
 
 @pytest.fixture(scope="module")
 def two_slots(llm):
-    with serve_in_thread(create_app(llm, Options(parallel=2, threads=2, log=False, n_predict=8))) as url:
+    with serve_in_thread(create_app(llm, Options(parallel=2, log=False, n_predict=8))) as url:
         yield url
 
 

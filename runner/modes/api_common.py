@@ -52,7 +52,6 @@ class Options:
     port: int = 8080
     api_key: str | None = None
     parallel: int = 1
-    threads: int | None = None           # BLAS threads (None: all cores), shared among slots
     nobrowser: bool = True
     log: bool = True
     sampling: SamplingParams = field(default_factory=SamplingParams)   # a request's defaults
@@ -63,7 +62,6 @@ class Options:
     def from_args(cls, args) -> Options:
         from ..args import sampling_from_args
         return cls(host=args.host, port=args.port, api_key=args.api_key or None, parallel=args.parallel,
-                   threads=args.threads,
                    nobrowser=args.nobrowser, log=not args.log_disable, sampling=sampling_from_args(args),
                    n_predict=args.n_predict, model_path=args.model or "")
 

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 
 from ..chat import ChatError, ImageRef, render
-from ..engine import Engine, ImageSlot, Prompt, Stats
+from ..engine import Engine, ImageSlot, Prompt, Stats, common_prefix
 
 MARK_OPEN, MARK_CLOSE = "\ue000", "\ue001"       # private-use characters: never in typed text
 _MARK = re.compile("\ue000(\\d+)\ue001")
@@ -78,15 +78,6 @@ def join(left: str, right: str, sep: str) -> str:
     if left and right and not left.endswith("\n"):
         return left + sep + right
     return left + right
-
-
-def shared_prefix(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class Conversation:
@@ -268,7 +259,7 @@ class Conversation:
 
 def sync_cache(engine: Engine, prompt: Prompt) -> None:
     """Rewind the cache to what it shares with `prompt` (the conversation went back)."""
-    engine.rewind(len(engine.keys) - shared_prefix(engine.keys, prompt.keys()))
+    engine.rewind(len(engine.keys) - common_prefix(engine.keys, prompt.keys()))
 
 
 def warm_cache(engine: Engine, prompt: Prompt) -> int:

@@ -25,9 +25,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
 
-import numpy as np
 
-from ..engine import Engine, Prompt
+from ..engine import Engine, Prompt, common_prefix
 from ..sampling import SamplingParams
 from .scheduler import Running, Scheduler
 
@@ -138,15 +137,6 @@ class Slot:
         self.id, self.engine = id, engine
         self.busy = False
         self.last_used = 0.0
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    x, y = np.asarray(a[:n]), np.asarray(b[:n])
-    diff = np.flatnonzero(x != y)
-    return int(diff[0]) if len(diff) else n
 
 
 class SlotPool:

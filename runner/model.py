@@ -105,10 +105,12 @@ class Linear:
     quantized rows (dequantized a row block at a time during the product)."""
 
     STREAM_BLOCK = 1 << 24   # values dequantized at once when streaming (64 MB)
-    # A few rows of x (a batch of sequences decoding together) are where OpenBLAS is
-    # weakest: its gemm repacks all of W for every call. Measured on the 270M weights:
-    # 2-3 rows go faster as one matrix-vector product each; 4-16 rows against a big W
-    # (the 262k-row output matrix) as products over blocks of W's rows.
+    # A few rows of x (a batch of sequences decoding together, or drafted tokens being
+    # checked) are where OpenBLAS is weakest: its gemm repacks all of W for every call.
+    # Measured on the 270M weights: against the 262k-row output matrix, 2-16 rows go
+    # fastest as W-block @ x.T products over blocks of 2048 rows of W (8 rows: 55-60 ms,
+    # one row: 27 ms); against the small layer matrices, 2-3 rows as one matrix-vector
+    # product each.
     PER_ROW = 3
     FEW_ROWS = 16
     BLOCK_ROWS = 2048
@@ -128,15 +130,15 @@ class Linear:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.w is not None:
             T = x.shape[0]
+            if 1 < T <= self.FEW_ROWS and self.n_out >= 4 * self.BLOCK_ROWS:
+                outT = np.empty((self.n_out, T), dtype=F32)
+                for r in range(0, self.n_out, self.BLOCK_ROWS):
+                    np.matmul(self.w[r:r + self.BLOCK_ROWS], x.T, out=outT[r:r + self.BLOCK_ROWS])
+                return np.ascontiguousarray(outT.T)
             if 1 < T <= self.PER_ROW:
                 out = np.empty((T, self.n_out), dtype=F32)
                 for i in range(T):
                     np.matmul(self.w, x[i], out=out[i])        # [out, in] @ [in] -> [out]
-                return out
-            if 1 < T <= self.FEW_ROWS and self.n_out >= 4 * self.BLOCK_ROWS:
-                out = np.empty((T, self.n_out), dtype=F32)
-                for r in range(0, self.n_out, self.BLOCK_ROWS):
-                    np.matmul(x, self.w[r:r + self.BLOCK_ROWS].T, out=out[:, r:r + self.BLOCK_ROWS])
                 return out
             return x @ self.w.T                                # [T, in] -> [T, out]
         out = np.empty((x.shape[0], self.n_out), dtype=F32)
@@ -418,11 +420,14 @@ def forward(W: Weights, cfg: Config, caches: list, ids: np.ndarray, p0: int,
 
 
 def forward_batch(W: Weights, cfg: Config, caches: list[list], ids: np.ndarray,
-                  positions: np.ndarray) -> np.ndarray:
+                  positions: np.ndarray, output: bool = True) -> np.ndarray:
     """One token for each of several sequences (caches[i], at positions[i]) in a single
     pass over the weights: logits [len(ids), n_vocab]. why: decoding reads every weight
-    for each token, so B sequences decoded together cost far less than B steps."""
+    for each token, so B sequences decoded together cost far less than B steps.
+    output=False stops before the output matrix: the final normed states [B, d], whose
+    product with W.token_embd gives the logits."""
     x = W.token_embd.rows(ids)                                    # [B, d]
     x *= F32(math.sqrt(cfg.d))
     x = _layers(W, cfg, caches, [slice(b, b + 1) for b in range(len(ids))], x, positions, None)
-    return W.token_embd(rms_norm(x, W.output_norm, cfg.eps))      # [B, n_vocab]
+    h = rms_norm(x, W.output_norm, cfg.eps)
+    return W.token_embd(h) if output else h                       # [B, n_vocab] or [B, d]

@@ -59,7 +59,7 @@ def load_model(args, g=None):
         from .gguf import GGUFFile
         mmproj = GGUFFile(*emb.region("mmproj"))
     log(args, f"loading {os.path.basename(g.path) if not emb or args.model else emb.names['model']} ...")
-    return LLM(g, n_ctx=args.ctx_size, threads=args.threads, mmproj=mmproj)
+    return LLM(g, n_ctx=args.ctx_size, threads=args.threads, mmproj=mmproj, draft_max=args.draft_max)
 
 
 def model_name(args) -> str:

@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="context size in tokens (default 8192; 0 = the model's trained maximum)")
     model.add_argument("-t", "--threads", type=_pos_int, default=None, metavar="N",
                        help="CPU threads for the math (default: all cores)")
+    model.add_argument("--draft-max", "--draft", type=_nonneg_int, default=8, metavar="N",
+                       help="greedy decoding guesses up to N tokens ahead from a small vocabulary "
+                            "and checks them in one pass (same text, faster; default 8; 0 = off)")
     model.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=None, metavar="N",
                        help="accepted for compatibility; this build runs on the CPU")
 

@@ -35,14 +35,15 @@ SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "re
 
 class LLM:
     def __init__(self, gguf: GGUFFile, n_ctx: int = 8192, threads: int | None = None,
-                 resident: bool | None = None, mmproj: str | os.PathLike | GGUFFile | None = None):
+                 resident: bool | None = None, mmproj: str | os.PathLike | GGUFFile | None = None,
+                 draft_max: int = 8):
         t0 = time.perf_counter()
         set_blas_threads(threads)
         self.gguf = gguf
         self.cfg = M.Config.from_gguf(gguf)
         self.tokenizer: Tokenizer = load_tokenizer(gguf)
         self.weights = M.load_weights(gguf, self.cfg, resident=resident, threads=threads)
-        self.engine = Engine(self.weights, self.cfg, self.tokenizer, n_ctx=n_ctx)
+        self.engine = Engine(self.weights, self.cfg, self.tokenizer, n_ctx=n_ctx, draft_max=draft_max)
         self.vision = None
         self._images: OrderedDict[int, np.ndarray] = OrderedDict()   # content hash -> soft tokens
         if mmproj is not None:
@@ -227,7 +228,8 @@ class LLM:
 
 def load(model_path: str | os.PathLike, mmproj: str | os.PathLike | GGUFFile | None = None, n_ctx: int = 8192,
          threads: int | None = None, resident: bool | None = None, offset: int = 0,
-         length: int | None = None) -> LLM:
-    """Load a Gemma 3 GGUF (from a file, or a region of one) ready to generate."""
+         length: int | None = None, draft_max: int = 8) -> LLM:
+    """Load a Gemma 3 GGUF (from a file, or a region of one) ready to generate.
+    draft_max: greedy decoding checks up to this many guessed tokens at once (0: off)."""
     return LLM(GGUFFile(model_path, offset, length), n_ctx=n_ctx, threads=threads, resident=resident,
-               mmproj=mmproj)
+               mmproj=mmproj, draft_max=draft_max)

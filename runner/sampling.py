@@ -31,15 +31,28 @@ class SamplingParams:
         return self.temperature <= 0
 
 
+def _entries(ids: np.ndarray, pos: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Where token ids sit in a logits vector: (entries, which of `ids` are present).
+    pos None: the vector covers the vocabulary (entry = id); else pos[id] is the entry
+    of id in a vector over a subset of it, -1 when absent."""
+    if pos is None:
+        return ids, np.ones(len(ids), dtype=bool)
+    at = pos[ids]
+    return at, at >= 0
+
+
 def apply_penalties(logits: np.ndarray, recent: list[int], repeat: float, presence: float,
-                    frequency: float) -> np.ndarray:
+                    frequency: float, pos: np.ndarray | None = None) -> np.ndarray:
     """Repeat penalty (divide positive logits, multiply negative ones, as llama.cpp and the
-    CTRL paper), then OpenAI presence/frequency penalties, for tokens in `recent`."""
+    CTRL paper), then OpenAI presence/frequency penalties, for tokens in `recent`.
+    `pos`: logits cover a subset of the vocabulary, see `_entries`."""
     if not recent or (repeat == 1.0 and presence == 0.0 and frequency == 0.0):
         return logits
     counts = Counter(recent)
     ids = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
     n = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+    ids, present = _entries(ids, pos)
+    ids, n = ids[present], n[present]
     out = logits.copy()
     v = out[ids]
     if repeat != 1.0:
@@ -48,12 +61,14 @@ def apply_penalties(logits: np.ndarray, recent: list[int], repeat: float, presen
     return out
 
 
-def apply_logit_bias(logits: np.ndarray, bias: dict[int, float]) -> np.ndarray:
+def apply_logit_bias(logits: np.ndarray, bias: dict[int, float], pos: np.ndarray | None = None) -> np.ndarray:
     if not bias:
         return logits
     out = logits.copy()
     for tok, b in bias.items():
-        out[tok] += b
+        at = tok if pos is None else pos[tok]
+        if at >= 0:
+            out[at] += b
     return out
 
 
@@ -110,14 +125,16 @@ def candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, 
     return min_p(cid, cl, params.min_p)
 
 
-def adjust(logits: np.ndarray, params: SamplingParams, recent: list[int] = ()) -> np.ndarray:
+def adjust(logits: np.ndarray, params: SamplingParams, recent: list[int] = (),
+           pos: np.ndarray | None = None) -> np.ndarray:
     """The logits after the penalties (over the last repeat_last_n of `recent`) and the
-    logit bias: what every sampler draws from."""
+    logit bias: what every sampler draws from. `pos`: logits cover a subset of the
+    vocabulary (the draft vocabulary), see `_entries`."""
     n = params.repeat_last_n
     window = list(recent) if n < 0 else list(recent)[-n:] if n > 0 else []
     logits = apply_penalties(logits, window, params.repeat_penalty, params.presence_penalty,
-                             params.frequency_penalty)
-    return apply_logit_bias(logits, params.logit_bias)
+                             params.frequency_penalty, pos)
+    return apply_logit_bias(logits, params.logit_bias, pos)
 
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,

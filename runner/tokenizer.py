@@ -181,6 +181,25 @@ class Tokenizer:
             return i
         return self._respelled.get(piece)
 
+    def frequent(self, n: int) -> np.ndarray:
+        """About n ids of the pieces most likely to occur, by the tokenizer's own order:
+        every user-defined piece (Gemma's runs of spaces and newlines), the first n/8
+        single characters and then the multi-character pieces in BPE merge order.
+        why: SentencePiece keeps single characters apart, ranked among themselves by
+        frequency (Gemma puts them after all the merges: '.' is id 236761), so merge
+        order alone would leave out punctuation and digits."""
+        normal = (self.types == TokenType.NORMAL)
+        single = normal & (np.fromiter(map(len, self.tokens), dtype=np.int64, count=self.n_vocab) == 1)
+        rank = np.asarray(self._rank)
+
+        def first(mask: np.ndarray, k: int) -> np.ndarray:
+            ids = np.flatnonzero(mask)
+            return ids[np.argsort(rank[ids], kind="stable")[:max(k, 0)]]
+
+        user = np.flatnonzero(self.types == TokenType.USER_DEFINED)
+        chars = first(single, n // 8)
+        return np.concatenate([user, chars, first(normal & ~single, n - len(user) - len(chars))])
+
     def token_text(self, id: int) -> str:
         return self.tokens[id]
 

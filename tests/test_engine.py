@@ -144,6 +144,7 @@ def test_interrupt_mid_layer_keeps_the_cache_consistent(llm, monkeypatch):
             raise KeyboardInterrupt
         return real_block(*a, **k)
     llm.engine.reset()
+    monkeypatch.setattr(llm.engine, "draft_max", 0)   # undrafted decoding (test_draft.py: drafted)
     monkeypatch.setattr(M, "block", flaky_block)
     got = []
     with pytest.raises(KeyboardInterrupt):

@@ -106,12 +106,15 @@ def _stats(repl, arg):
         return
     s, ended = repl.last
     computed = s.prompt_tokens - s.cached_tokens
+    guesses = (f"  guesses    {s.draft_accepted} of {s.draft_tokens} right (greedy drafting, --draft-max)\n"
+               if s.draft_tokens else "")
     repl.screen.line(
         f"last reply\n"
         f"  prompt     {s.prompt_tokens} tokens: {s.cached_tokens} reused from the cache, {computed} computed\n"
         f"  prefill    {s.prefill_s:.2f} s ({s.prefill_tok_s:.1f} tok/s)\n"
         f"  generated  {s.generated_tokens} tokens\n"
         f"  decode     {s.decode_s:.2f} s ({s.decode_tok_s:.1f} tok/s)\n"
+        f"{guesses}"
         f"  ended by   {ended}\n"
         f"session: {repl.replies} repl{'ies' if repl.replies != 1 else 'y'}, {repl.generated} tokens generated; "
         f"model loaded in {repl.llm.load_s:.1f} s")

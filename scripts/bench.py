@@ -10,7 +10,8 @@
 generate follows ../shared/tools/llamacpp-ref's protocol: the shared paragraph repeated
 to a 400-token prompt (best of 2 prefills), then from a 16-token context 64 greedy tokens
 (best of 2), with --threads 2; llama.cpp runs in the same session and the ratios are
-ours / theirs.
+ours / theirs. Decode is measured as the engine runs (drafting greedy tokens, see
+runner/draft.py) and with drafting off, and on three other prompts.
 """
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ FALLBACK_PARAGRAPH = (
     "bridge as boats drifted past the church. Nobody in the village remembered a flood like "
     "it, though the old records spoke of one in the year the mill burned down. "
 )
+
+
+# prompts for the decode figures beside the benchmark's own (see bench_generate)
+OTHER_PROMPTS = {
+    "history": "The history of the Roman Empire",
+    "code": "def fibonacci(n):\n",
+    "french": "La Révolution française commence en 1789 lorsque",
+}
 
 
 def paragraph() -> str:
@@ -136,15 +145,35 @@ def bench_generate(model: Path, threads: int, prompt_tokens: int, gen_tokens: in
         eng.prefill(Prompt(toks))
     prefill_s = best_of(2, prefill)
 
-    decode_tok_s = 0.0
-    for _ in range(2):
-        eng.reset()
-        n = sum(1 for _ in eng.generate(Prompt(toks[:16]), greedy, max_tokens=gen_tokens, ignore_eos=True))
-        decode_tok_s = max(decode_tok_s, eng.last_stats.decode_tok_s)
+    def decode(ids: list[int], draft_max: int) -> tuple[int, float, str]:
+        """Best of 2 runs of gen_tokens greedy tokens after `ids`: (tokens, tok/s, right guesses)."""
+        eng.draft_max = draft_max
+        best, n, right = 0.0, 0, ""
+        for _ in range(2):
+            eng.reset()
+            n = sum(1 for _ in eng.generate(Prompt(ids), greedy, max_tokens=gen_tokens, ignore_eos=True))
+            st = eng.last_stats
+            best = max(best, st.decode_tok_s)
+            right = f"{st.draft_accepted}/{st.draft_tokens}"
+        return n, best, right
+
+    draft_max = eng.draft_max
+    n, decode_tok_s, right = decode(toks[:16], draft_max)
+    _, plain_tok_s, _ = decode(toks[:16], 0)
     ours = {"engine": "runner (numpy)", "load_s": round(load_s, 3), "first_token_s": round(first_token_s, 3),
             "prompt_tokens": len(toks), "prefill_tok_s": round(len(toks) / prefill_s, 1),
-            "gen_tokens": n, "decode_tok_s": round(decode_tok_s, 1), "peak_rss_mb": round(peak_rss_mb())}
+            "gen_tokens": n, "decode_tok_s": round(decode_tok_s, 1), "guesses_right": right,
+            "decode_undrafted_tok_s": round(plain_tok_s, 1), "peak_rss_mb": round(peak_rss_mb())}
     print("generate       " + json.dumps(ours))
+    # Greedy drafting (runner/draft.py) gains most where the text reuses the context, as
+    # the paragraph above does; the same measure on prompts whose continuations do not:
+    for name, text in OTHER_PROMPTS.items():
+        ids = llm.tokenize(text)
+        _, on, right = decode(ids, draft_max)
+        _, off, _ = decode(ids, 0)
+        print(f"  other text   {name:8s} decode {on:5.1f} tok/s drafted ({right} guesses right), "
+              f"{off:5.1f} undrafted")
+    eng.draft_max = draft_max
     ref_tool = SHARED / "llamacpp-ref"
     if not llamacpp or not ref_tool.exists():
         print("               (llama.cpp reference not run)")

@@ -135,6 +135,7 @@ class Engine:
         self.draft_max = draft_max
         self._draft: DraftVocab | None = None
         self._draft_hits = 0.9                    # running share of right guesses
+        self._draft_owner: Generation | None = None   # the reply whose context _draft holds
         self.caches = make_caches(cfg, self.n_ctx)
         self.keys: list[int] = []                 # what the cache holds, position by position
         self.last_stats = Stats()
@@ -286,8 +287,8 @@ class Engine:
         stats = self.last_stats = Stats()
         logits = self.prefill(prompt, stats, on_prefill)
         g = Generation(self, prompt, params, max_tokens, stop, ignore_eos, logprobs, constraint, stats)
-        if self.draft_max > 1 and g.params.greedy and constraint is None and self.W.token_embd.w is not None:
-            yield from self._generate_drafted(g, prompt, logits)
+        if self.can_draft(g):
+            yield from self._generate_drafted(g, logits)
             return
         while not g.done:
             tok = g.step(logits)
@@ -302,59 +303,69 @@ class Engine:
         if tail is not None:
             yield tail
 
-    def _generate_drafted(self, g: Generation, prompt: Prompt, logits: np.ndarray) -> Iterator[Token]:
-        """Greedy generation, exact, with guessed tokens checked in batches (draft.py).
-        Each round evaluates the next input and the guesses that follow it, one token at
-        a time through the layers, then computes the full logits of all those positions
-        in one product and lets `g` choose from each in turn. While the choices equal
-        the guesses the positions are kept; at the first difference the cache is cut
-        back after it and the next round starts from g's choice."""
-        if self._draft is None:
-            self._draft = DraftVocab(self.W.token_embd.w, self.tok.frequent(self.DRAFT_VOCAB))
-            self._draft.add(sorted(self.stop_ids))
-        dv, st = self._draft, g.stats
-        dv.restart()
-        dv.add(prompt.tokens)
+    def can_draft(self, g: Generation) -> bool:
+        """Does `g` decode greedily in a way drafting reproduces exactly (draft.py)?"""
+        return self.draft_max > 1 and g.params.greedy and g.constraint is None and self.W.token_embd.w is not None
+
+    def _generate_drafted(self, g: Generation, logits: np.ndarray) -> Iterator[Token]:
         tok = g.step(logits)
         if tok is not None:
             yield tok
         while not g.done:
-            base = len(self.keys)
-            keep = base                           # what the cache may hold if we stop here
-            n = self._draft_length()
-            if g.max_tokens is not None and g.max_tokens >= 0:
-                n = min(n, g.max_tokens - st.generated_tokens)
-            n = max(1, min(n, self.n_ctx - 1 - base))
-            try:
-                t0 = time.perf_counter()
-                x, guesses, states = g.next_input, [], []
-                for _ in range(n):
-                    h = decode_batch([self], [x], output=False)[0]
-                    states.append(h)
-                    x = dv.guess(h, g.params, g.history + guesses)
-                    guesses.append(x)
-                full = self.W.token_embd(np.stack(states))        # [n, n_vocab]
-                st.decode_s += time.perf_counter() - t0
-                for j in range(n):
-                    tok = g.step(full[j], evaluated=base + j + 1)
-                    keep = base + j + 1
-                    st.decode_steps += 1
-                    if tok is not None:
-                        dv.add([tok.id])
-                        yield tok
-                    if g.done:
-                        break
-                    hit = g.next_input == guesses[j]
-                    st.draft_tokens += 1
-                    st.draft_accepted += hit
-                    self._draft_hits += (hit - self._draft_hits) / 16
-                    if not hit:
-                        break
-            finally:
-                self._truncate(keep)              # drop guesses after the first wrong one
+            yield from self.draft_round(g)
         tail = g.tail()
         if tail is not None:
             yield tail
+
+    def draft_round(self, g: Generation) -> Iterator[Token]:
+        """Greedy decoding of `g` from its next input, exact, with guessed tokens checked
+        in a batch (draft.py); yields the tokens g emits. The round evaluates the next
+        input and the guesses that follow it, one token at a time through the layers,
+        then computes the full logits of all those positions in one product and lets `g`
+        choose from each in turn. While the choices equal the guesses the positions are
+        kept; at the first difference (or when the consumer stops) the cache is cut back
+        to what undrafted decoding would hold, and g's last choice is the next input."""
+        if self._draft is None:
+            self._draft = DraftVocab(self.W.token_embd.w, self.tok.frequent(self.DRAFT_VOCAB))
+            self._draft.add(sorted(self.stop_ids))
+        dv, st = self._draft, g.stats
+        if self._draft_owner is not g:           # a new reply: its context joins the base set
+            dv.restart()
+            dv.add(g.history)
+            self._draft_owner = g
+        base = len(self.keys)
+        keep = base                               # what the cache may hold if we stop here
+        n = self._draft_length()
+        if g.max_tokens is not None and g.max_tokens >= 0:
+            n = min(n, g.max_tokens - st.generated_tokens)
+        n = max(1, min(n, self.n_ctx - 1 - base))
+        try:
+            t0 = time.perf_counter()
+            x, guesses, states = g.next_input, [], []
+            for _ in range(n):
+                h = decode_batch([self], [x], output=False)[0]
+                states.append(h)
+                x = dv.guess(h, g.params, g.history + guesses)
+                guesses.append(x)
+            full = self.W.token_embd(np.stack(states))        # [n, n_vocab]
+            st.decode_s += time.perf_counter() - t0
+            for j in range(n):
+                tok = g.step(full[j], evaluated=base + j + 1)
+                keep = base + j + 1
+                st.decode_steps += 1
+                if tok is not None:
+                    dv.add([tok.id])
+                    yield tok
+                if g.done:
+                    break
+                hit = g.next_input == guesses[j]
+                st.draft_tokens += 1
+                st.draft_accepted += hit
+                self._draft_hits += (hit - self._draft_hits) / 16
+                if not hit:
+                    break
+        finally:
+            self._truncate(keep)                  # drop guesses after the first wrong one
 
     def _draft_length(self) -> int:
         """Positions per round, from the recent rate p of right guesses. A round of n

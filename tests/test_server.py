@@ -204,6 +204,25 @@ def test_llama_cpp_endpoints(llm, base):
     assert props["default_generation_settings"]["n_ctx"] == llm.n_ctx and props["total_slots"] == 1
 
 
+def test_a_lone_greedy_reply_drafts_and_equals_undrafted_decoding(llm, base):
+    """The server drafts a greedy reply that is alone (engine.draft_round), reports it in
+    llama.cpp's timings, and returns exactly the undrafted greedy text."""
+    prompt = "The river rose slowly through the night, and by morning"
+    llm.engine.draft_max = 0
+    try:
+        want = llm.complete(prompt, max_tokens=40, temperature=0, ignore_eos=True)
+    finally:
+        llm.engine.draft_max = 8
+    assert llm.stats.draft_tokens == 0
+    r = httpx.post(base + "/completion", json={"prompt": prompt, "n_predict": 40, "temperature": 0,
+                                               "ignore_eos": True}, timeout=120).json()
+    assert r["content"] == want
+    assert r["timings"]["draft_n"] > 0 and 0 < r["timings"]["draft_n_accepted"] <= r["timings"]["draft_n"]
+    r = httpx.post(base + "/completion", json={"prompt": prompt, "n_predict": 8, "temperature": 0.7,
+                                               "seed": 1}, timeout=120).json()
+    assert "draft_n" not in r["timings"]                 # sampling never drafts
+
+
 def test_metrics(base, client):
     client.completions.create(model="m", prompt=PROMPT, max_tokens=3, temperature=0)
     text = httpx.get(base + "/metrics").text

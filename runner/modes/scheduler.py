@@ -6,7 +6,8 @@ Each turn of the loop:
 2. reads one chunk (PREFILL_CHUNK tokens) of the oldest prompt still being read;
 3. lets every reply holding fresh logits pick its next token (Generation.step), and
    ends those that are finished, cancelled (their client left) or failed;
-4. evaluates all the chosen tokens in one pass (engine.decode_batch).
+4. evaluates all the chosen tokens in one pass (engine.decode_batch), or, for a greedy
+   reply alone in the server, runs a drafted round (engine.draft_round).
 
 An engine is touched by this thread only, so no locks guard the engines. Events go to
 each job's `emit` (which hands them to the event loop); `free` returns the slot.
@@ -134,27 +135,31 @@ class Scheduler:
 
     def _reply(self) -> None:
         """Every reply with fresh logits picks its next token; those continuing are
-        evaluated together."""
+        evaluated together. A reply alone in the server, greedy, decodes a drafted
+        round instead (engine.draft_round: several tokens per product of the output
+        matrix, the same text)."""
         batch = []
         for r in list(self.replying):
-            if r.logits is None:
-                continue
             if r.cancel.is_set():
                 self._drop(r)
                 continue
-            try:
-                tok = r.gen.step(r.logits)
-            except Exception as e:
-                self._drop(r, e)
-                continue
-            r.logits = None
-            if tok is not None:
-                r.emit(("token", tok))
-            if r.gen.done:
-                self._drop(r)
-            else:
-                batch.append(r)
+            if r.logits is not None:             # else its next input awaits evaluation
+                try:
+                    tok = r.gen.step(r.logits)
+                except Exception as e:
+                    self._drop(r, e)
+                    continue
+                r.logits = None
+                if tok is not None:
+                    r.emit(("token", tok))
+                if r.gen.done:
+                    self._drop(r)
+                    continue
+            batch.append(r)
         if not batch:
+            return
+        if len(batch) == 1 and not self.reading and self.inbox.empty() and batch[0].slot.engine.can_draft(batch[0].gen):
+            self._draft(batch[0])
             return
         t = time.perf_counter()
         try:
@@ -168,6 +173,23 @@ class Scheduler:
             r.logits = row
             r.stats.decode_s += dt
             r.stats.decode_steps += 1
+
+    def _draft(self, r: Running) -> None:
+        """One drafted round of a lone greedy reply; a client that leaves stops it
+        between tokens (the round cuts the cache back to what was emitted)."""
+        rnd = r.slot.engine.draft_round(r.gen)
+        try:
+            for tok in rnd:
+                r.emit(("token", tok))
+                if r.cancel.is_set():
+                    break
+        except Exception as e:
+            self._drop(r, e)
+            return
+        finally:
+            rnd.close()
+        if r.gen.done:
+            self._drop(r)
 
     def _drop(self, r: Running, error: Exception | None = None) -> None:
         self.replying.remove(r)

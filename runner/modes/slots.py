@@ -55,19 +55,25 @@ class Result:
     prefill_s: float = 0.0
     generated_tokens: int = 0
     decode_s: float = 0.0
+    draft_n: int = 0                      # greedy guesses checked (engine.draft_round)
+    draft_accepted: int = 0               # of which right
     finish_reason: str = ""               # "stop" or "length" (a full context is "length")
     stop_type: str = ""                   # the engine's: "eos", "word", "constraint", "limit", "context"
     stopping_word: str = ""
     prompt_logprobs: list | None = None   # per prompt token: None or (logprob, top [(id, lp)])
 
     def timings(self) -> dict:
-        """llama.cpp's timings object."""
+        """llama.cpp's timings object (with its speculative decoding's draft_n and
+        draft_n_accepted when the reply drafted)."""
         n_prompt = self.prompt_tokens - self.cached_tokens
-        return {"prompt_n": n_prompt, "prompt_ms": self.prefill_s * 1e3,
-                "prompt_per_second": n_prompt / self.prefill_s if self.prefill_s > 0 else 0.0,
-                "predicted_n": self.generated_tokens, "predicted_ms": self.decode_s * 1e3,
-                "predicted_per_second": self.generated_tokens / self.decode_s if self.decode_s > 0 else 0.0,
-                "cache_n": self.cached_tokens}
+        t = {"prompt_n": n_prompt, "prompt_ms": self.prefill_s * 1e3,
+             "prompt_per_second": n_prompt / self.prefill_s if self.prefill_s > 0 else 0.0,
+             "predicted_n": self.generated_tokens, "predicted_ms": self.decode_s * 1e3,
+             "predicted_per_second": self.generated_tokens / self.decode_s if self.decode_s > 0 else 0.0,
+             "cache_n": self.cached_tokens}
+        if self.draft_n:
+            t.update(draft_n=self.draft_n, draft_n_accepted=self.draft_accepted)
+        return t
 
 
 class Metrics:
@@ -277,6 +283,7 @@ class SlotPool:
         res.prompt_tokens, res.cached_tokens, res.prefill_s = st.prompt_tokens or res.prompt_tokens, \
             st.cached_tokens, st.prefill_s
         res.generated_tokens, res.decode_s = st.generated_tokens, st.decode_s
+        res.draft_n, res.draft_accepted = st.draft_tokens, st.draft_accepted
         res.finish_reason = "stop" if st.finish_reason == "stop" else "length"
         res.stop_type, res.stopping_word = st.stop_type, st.stopping_word
         self.metrics.record(res, cancelled)

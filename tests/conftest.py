@@ -17,6 +17,28 @@ def model_path() -> Path:
     return MODEL
 
 
+def generate_interrupted(llm, monkeypatch, ids, at_layer_call: int, **kw) -> list[int]:
+    """Generate greedily from a fresh cache with Ctrl-C raised inside the at_layer_call-th
+    decoder layer evaluated (counting from the prompt's); the token ids streamed before."""
+    from runner import model as M
+    from runner.engine import Prompt, SamplingParams
+    real_block, calls = M.block, {"n": 0}
+
+    def flaky_block(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == at_layer_call:
+            raise KeyboardInterrupt
+        return real_block(*a, **k)
+    llm.engine.reset()
+    monkeypatch.setattr(M, "block", flaky_block)
+    got = []
+    with pytest.raises(KeyboardInterrupt):
+        for t in llm.engine.generate(Prompt(list(ids)), SamplingParams(temperature=0), ignore_eos=True, **kw):
+            got.append(t.id)
+    monkeypatch.setattr(M, "block", real_block)
+    return got
+
+
 @pytest.fixture(scope="session")
 def llm(model_path):
     """The real 270M model, loaded once (the engine's cache is shared: tests that need a

@@ -13,10 +13,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from runner import model as M
 from runner.draft import DraftVocab
 from runner.engine import Prompt, SamplingParams
 from runner.sampling import adjust
+
+from conftest import generate_interrupted
 
 GREEDY = SamplingParams(temperature=0)
 PROMPTS = [
@@ -165,22 +166,9 @@ def test_closing_mid_round_keeps_only_what_was_emitted(llm, long_rounds):
 def test_interrupt_while_drafting_keeps_the_cache_consistent(llm, monkeypatch, long_rounds):
     ids = llm.tokenize(PROMPTS[0])
     expect, _, _ = run(llm, ids, 0, n=20, ignore_eos=True)
-    real_block, calls = M.block, {"n": 0}
-
-    def flaky_block(*a, **k):
-        # 18 layers for the prompt, then 18 per evaluated token: stop in the 5th
-        # position of the first round
-        calls["n"] += 1
-        if calls["n"] == 18 + 4 * 18 + 7:
-            raise KeyboardInterrupt
-        return real_block(*a, **k)
-    llm.engine.reset()
-    monkeypatch.setattr(M, "block", flaky_block)
-    got = []
-    with pytest.raises(KeyboardInterrupt):
-        for t in llm.engine.generate(Prompt(ids), GREEDY, max_tokens=20, ignore_eos=True):
-            got.append(t.id)
-    monkeypatch.setattr(M, "block", real_block)
+    # 18 layers for the prompt, then 18 per evaluated token: stop in the 5th position
+    # of the first round
+    got = generate_interrupted(llm, monkeypatch, ids, 18 + 4 * 18 + 7, max_tokens=20)
     assert len(got) == 1                          # the round's tokens were not yet checked
     assert llm.engine.keys == ids                 # nor kept
     rest, _, _ = run(llm, ids + got, 8, n=19, fresh=False, ignore_eos=True)

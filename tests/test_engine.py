@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import runner
-from runner import model as M
 from runner.cache import FullCache, SlidingCache
 from runner.engine import ContextError, Prompt, SamplingParams
+
+from conftest import generate_interrupted
 
 GREEDY = SamplingParams(temperature=0)
 STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
@@ -133,24 +134,10 @@ def test_interrupt_mid_layer_keeps_the_cache_consistent(llm, monkeypatch):
     afterwards holds exactly the evaluated tokens, and generation continues correctly."""
     ids = llm.tokenize(STORY)
     expect = fresh(llm, ids, n=12)
-    real_block = M.block
-    calls = {"n": 0}
-
-    def flaky_block(*a, **k):
-        # 18 layer calls for the prompt (one chunk), then 18 per decode step:
-        # interrupt the 10th layer of the 4th decode step
-        calls["n"] += 1
-        if calls["n"] == 18 + 3 * 18 + 10:
-            raise KeyboardInterrupt
-        return real_block(*a, **k)
-    llm.engine.reset()
     monkeypatch.setattr(llm.engine, "draft_max", 0)   # undrafted decoding (test_draft.py: drafted)
-    monkeypatch.setattr(M, "block", flaky_block)
-    got = []
-    with pytest.raises(KeyboardInterrupt):
-        for t in llm.engine.generate(Prompt(ids), GREEDY, max_tokens=12, ignore_eos=True):
-            got.append(t.id)
-    monkeypatch.setattr(M, "block", real_block)
+    # 18 layer calls for the prompt (one chunk), then 18 per decode step: interrupt the
+    # 10th layer of the 4th decode step
+    got = generate_interrupted(llm, monkeypatch, ids, 18 + 3 * 18 + 10, max_tokens=12)
     assert len(got) == 4
     assert llm.engine.keys == ids + got[:-1]       # the 4th token was being evaluated
     rest = gen(llm, ids + got, n=12 - len(got))

@@ -327,7 +327,7 @@ class Engine:
         to what undrafted decoding would hold, and g's last choice is the next input."""
         if self._draft is None:
             self._draft = DraftVocab(self.W.token_embd.w, self.tok.frequent(self.DRAFT_VOCAB))
-            self._draft.add(sorted(self.stop_ids))
+            self._draft.add(list(self.stop_ids))
         dv, st = self._draft, g.stats
         if self._draft_owner is not g:           # a new reply: its context joins the base set
             dv.restart()

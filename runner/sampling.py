@@ -131,7 +131,8 @@ def adjust(logits: np.ndarray, params: SamplingParams, recent: list[int] = (),
     logit bias: what every sampler draws from. `pos`: logits cover a subset of the
     vocabulary (the draft vocabulary), see `_entries`."""
     n = params.repeat_last_n
-    window = list(recent) if n < 0 else list(recent)[-n:] if n > 0 else []
+    penalized = (params.repeat_penalty, params.presence_penalty, params.frequency_penalty) != (1.0, 0.0, 0.0)
+    window = [] if not penalized or n == 0 else list(recent) if n < 0 else list(recent)[-n:]
     logits = apply_penalties(logits, window, params.repeat_penalty, params.presence_penalty,
                              params.frequency_penalty, pos)
     return apply_logit_bias(logits, params.logit_bias, pos)

@@ -31,13 +31,13 @@ PROMPTS = [
 def run(llm, ids, draft_max, params=GREEDY, n=40, fresh=True, **kw):
     """(tokens with their text, stats, the cache's keys afterwards)."""
     eng = llm.engine
-    eng.draft_max = draft_max
+    before, eng.draft_max = eng.draft_max, draft_max
     if fresh:
         eng.reset()
     try:
         toks = [(t.id, t.text) for t in eng.generate(Prompt(list(ids)), params, max_tokens=n, **kw)]
     finally:
-        eng.draft_max = 8
+        eng.draft_max = before
     return toks, eng.last_stats, list(eng.keys)
 
 

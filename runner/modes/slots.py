@@ -25,7 +25,6 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
 
-
 from ..engine import Engine, Prompt, common_prefix
 from ..sampling import SamplingParams
 from .scheduler import Running, Scheduler

@@ -49,8 +49,19 @@ def open_model(args):
     return GGUFFile(*src)
 
 
-def load_model(args, g=None):
+def chat_format(args, g):
+    """The chat template, resolved once for every mode: --chat-template, else the model
+    file's (a warning if it does not compile), else none. ChatError for a bad flag."""
+    from .chat import resolve_template
+    fmt = resolve_template(args.chat_template, g.get("tokenizer.chat_template"))
+    if fmt.warning:
+        log(args, f"{PROG}: {fmt.warning}")
+    return fmt
+
+
+def load_model(args, g=None, chat=None):
     """The model ready to generate: -m / embedded weights, --mmproj / an embedded one."""
+    from .args import engine_config
     from .llm import LLM
     g = g or open_model(args)
     mmproj = args.mmproj
@@ -59,7 +70,7 @@ def load_model(args, g=None):
         from .gguf import GGUFFile
         mmproj = GGUFFile(*emb.region("mmproj"))
     log(args, f"loading {os.path.basename(g.path) if not emb or args.model else emb.names['model']} ...")
-    return LLM(g, n_ctx=args.ctx_size, threads=args.threads, mmproj=mmproj, draft_max=args.draft_max)
+    return LLM(g, engine_config(args), threads=args.threads, mmproj=mmproj, chat_format=chat)
 
 
 def model_name(args) -> str:
@@ -72,6 +83,7 @@ def model_name(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from .bundle import BundleError, merge_args
+    from .chat import ChatError
     from .gguf import GGUFError
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -93,11 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         log(args, f"{PROG}: -ngl ignored: this build runs on the CPU")
     try:
         g = open_model(args)
+        chat = chat_format(args, g)
+    except ChatError as e:
+        return die(f"--chat-template: {e}", 2)
+    except (GGUFError, ValueError, OSError) as e:
+        return die(str(e))
+    try:
         if args.mode == "server":
             # serve at once (503 on /health) while the weights load
             from .modes.server import run as serve
-            return serve(lambda: load_model(args, g), args, name=str(g.get("general.name") or ""))
-        llm = load_model(args, g)
+            return serve(lambda: load_model(args, g, chat), args, name=str(g.get("general.name") or ""))
+        llm = load_model(args, g, chat)
     except (GGUFError, ValueError, OSError) as e:
         return die(str(e))
     if args.mode == "cli":

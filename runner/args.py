@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dataclasses import fields
+
+from .engine import EngineConfig
 from .sampling import SamplingParams
 
 PROG = "gemma-runner"
@@ -33,20 +36,6 @@ def _pos_int(s: str) -> int:
     return v
 
 
-def _nonneg_float(s: str) -> float:
-    v = float(s)
-    if not v >= 0:                              # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
-    return v
-
-
-def _prob(s: str) -> float:
-    v = float(s)
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {s}")
-    return v
-
-
 def _port(s: str) -> int:
     v = int(s)
     if not 0 <= v <= 65535:
@@ -54,9 +43,23 @@ def _port(s: str) -> int:
     return v
 
 
+def _checked(f):
+    """The argparse type of a declared sampling option: its kind and its range."""
+    lo, hi, integer = f.metadata["lo"], f.metadata["hi"], f.type.startswith("int")
+
+    def check(s: str):
+        v = int(s) if integer else float(s)
+        if not ((lo is None or v >= lo) and (hi is None or v <= hi)):     # also refuses nan
+            what = f"from {lo} to {hi}" if lo is not None and hi is not None else \
+                f">= {lo}" if lo is not None else f"<= {hi}" if hi is not None else "a finite number"
+            raise argparse.ArgumentTypeError(f"expected a number {what}, got {s}")
+        return v
+    check.__name__ = "integer" if integer else "number"
+    return check
+
+
 # argparse names a type function in its "invalid ... value" message: give them plain names
-for _f, _name in ((_nonneg_int, "integer"), (_pos_int, "integer"), (_nonneg_float, "number"),
-                  (_prob, "probability"), (_port, "port")):
+for _f, _name in ((_nonneg_int, "integer"), (_pos_int, "integer"), (_port, "port")):
     _f.__name__ = _name
 
 
@@ -94,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="context size in tokens (default 8192; 0 = the model's trained maximum)")
     model.add_argument("-t", "--threads", type=_pos_int, default=None, metavar="N",
                        help="CPU threads for the math (default: all cores)")
+    model.add_argument("-b", "--batch-size", type=_pos_int, default=512, metavar="N",
+                       help="prompt tokens computed in one pass (default 512)")
     model.add_argument("--draft-max", "--draft", type=_nonneg_int, default=8, metavar="N",
                        help="greedy decoding guesses up to N tokens ahead from a small vocabulary "
                             "and checks them in one pass (same text, faster; default 8; 0 = off)")
@@ -122,20 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
                      help="tokens to generate (default -1: until the end of the text or the context; "
                           "a reply in raw completion mode: 256)")
-    gen.add_argument("--temp", type=_nonneg_float, default=None, metavar="T",
-                     help="temperature; 0 = greedy (default 0.8, or 0 in the chat)")
-    gen.add_argument("--top-k", type=_nonneg_int, default=40, metavar="K", help="top-k sampling (default 40; 0 = off)")
-    gen.add_argument("--top-p", type=_prob, default=0.95, metavar="P", help="top-p sampling (default 0.95; 1 = off)")
-    gen.add_argument("--min-p", type=_prob, default=0.05, metavar="P", help="min-p sampling (default 0.05; 0 = off)")
-    gen.add_argument("--repeat-penalty", type=_nonneg_float, default=1.0, metavar="X",
-                     help="penalize repeated tokens (default 1.0 = off)")
-    gen.add_argument("--repeat-last-n", type=int, default=64, metavar="N",
-                     help="tokens the penalties look back over (default 64; -1 = all)")
-    gen.add_argument("--presence-penalty", type=float, default=0.0, metavar="X",
-                     help="subtract X from tokens already seen (default 0 = off)")
-    gen.add_argument("--frequency-penalty", type=float, default=0.0, metavar="X",
-                     help="subtract X per time a token was seen (default 0 = off)")
-    gen.add_argument("-s", "--seed", type=int, default=None, metavar="N", help="random seed (default: random)")
+    for f in fields(SamplingParams):             # one flag per declared sampling option
+        meta = f.metadata
+        if meta["flag"]:
+            default = None if f.name == "temperature" else f.default     # its default depends on the mode
+            gen.add_argument(*meta["flag"].split("/"), dest=f.name, type=_checked(f), default=default,
+                             metavar="N" if f.type.startswith("int") else "X", help=meta["help"])
     gen.add_argument("-r", "--reverse-prompt", action="append", default=[], metavar="TEXT",
                      help="stop when the output contains TEXT; repeatable (in the chat's raw "
                           "completion mode TEXT stays, for you to write after)")
@@ -160,8 +157,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.n_predict < -1:
         p.error(f"argument -n/--n-predict: expected -1 or a number >= 0, got {args.n_predict}")
-    if args.repeat_last_n < -1:
-        p.error(f"argument --repeat-last-n: expected -1 or a number >= 0, got {args.repeat_last_n}")
     if args.prompt is not None and args.file is not None:
         p.error("-p and -f both give the prompt: use one of them")
     if args.image and not args.mmproj:
@@ -172,11 +167,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
     """Sampling settings from the flags; temperature defaults by mode, as in llamafile."""
-    temp = args.temp if args.temp is not None else (0.0 if args.mode == "chat" else 0.8)
-    return SamplingParams(temperature=temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                          repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
-                          presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
-                          seed=args.seed)
+    given = {f.name: getattr(args, f.name) for f in fields(SamplingParams) if f.metadata["flag"]}
+    if given["temperature"] is None:
+        given["temperature"] = 0.0 if args.mode == "chat" else 0.8
+    return SamplingParams(**given)
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(n_ctx=args.ctx_size, n_batch=args.batch_size, draft_max=args.draft_max)
 
 
 def unescape(text: str) -> str:

@@ -1,6 +1,6 @@
 """Messages -> prompt pieces (the chat template), with slots for images. No I/O.
 
-Gemma's template (SPEC 3): `<bos>`, then per turn
+Gemma's template (Google's Gemma 3 chat format): `<bos>`, then per turn
 `<start_of_turn>{user|model}\\n{content.strip()}<end_of_turn>\\n`; a system message has no
 turn of its own: its text and a blank line open the first user turn. The generation
 prompt is `<start_of_turn>model\\n`.
@@ -14,7 +14,7 @@ import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class ChatError(ValueError):
@@ -110,11 +110,11 @@ def render_text(messages: list[dict], add_generation_prompt: bool = True) -> str
                    for p in render_gemma(messages, add_generation_prompt))
 
 
-def render(messages: list[dict], template: str | None = None, add_generation_prompt: bool = True,
+def render(messages: list[dict], template: str = "gemma", add_generation_prompt: bool = True,
            bos_token: str = "<bos>", eos_token: str = "<eos>") -> list[str | ImageRef]:
-    """The prompt for `messages` under `template`: None or "gemma" is the built-in Gemma
-    format; anything else is a chat template string (Jinja, as in GGUF files)."""
-    if template is None or template == "gemma":
+    """The prompt for `messages` under `template`: "gemma" is the built-in Gemma format;
+    anything else is a chat template string (Jinja, as in GGUF files)."""
+    if template == "gemma":
         return render_gemma(messages, add_generation_prompt)
     return render_jinja(messages, template, add_generation_prompt, bos_token, eos_token)
 
@@ -126,24 +126,30 @@ def render(messages: list[dict], template: str | None = None, add_generation_pro
 MEDIA_MARKER = "<__media__>"
 
 
-def resolve_template(requested: str | None, own: str | None) -> tuple[str | None, str, str | None]:
-    """Which template a model chats with: (template for `render`, how to describe it, a
-    warning or None). `requested` (--chat-template) is "gemma" or a Jinja string, and
-    must compile (ChatError); else the model file's own template `own`, or the built-in
-    Gemma format with a warning if that does not compile; else None: no chat template
-    (a base model: the REPL then runs in raw completion mode)."""
+class ChatFormat(NamedTuple):
+    template: str | None        # for `render`: "gemma" or a Jinja string; None: the model has none
+    how: str                    # where it comes from, for the user
+    warning: str | None = None  # e.g. the file's template does not compile
+
+
+def resolve_template(requested: str | None, own: str | None) -> ChatFormat:
+    """Which template a model chats with. `requested` (--chat-template) is "gemma" or a
+    Jinja string, and must compile (ChatError); else the model file's own template `own`,
+    or the built-in Gemma format with a warning if that does not compile; else no chat
+    template (template None: a base model, whose chat in the REPL is raw completion)."""
     if requested == "gemma":
-        return "gemma", "Gemma chat format (--chat-template gemma)", None
+        return ChatFormat("gemma", "Gemma chat format (--chat-template gemma)")
     if requested:
         compile_template(requested)
-        return requested, "chat template from --chat-template", None
+        return ChatFormat(requested, "chat template from --chat-template")
     if own:
         try:
             compile_template(own)
-            return own, "chat template from the model file", None
+            return ChatFormat(own, "chat template from the model file")
         except ChatError as e:
-            return "gemma", "Gemma chat format (built in)", f"the model's {e}; using the built-in Gemma format"
-    return None, "no chat template", None
+            return ChatFormat("gemma", "Gemma chat format (built in)",
+                              f"the model's {e}; using the built-in Gemma format")
+    return ChatFormat(None, "no chat template")
 
 
 def compile_template(source: str):

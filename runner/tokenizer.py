@@ -200,6 +200,11 @@ class Tokenizer:
         chars = first(single, n // 8)
         return np.concatenate([user, chars, first(normal & ~single, n - len(user) - len(chars))])
 
+    def byte_of(self, id: int) -> int | None:
+        """The byte a byte-fallback token `<0xNN>` stands for; None for other tokens."""
+        b = self._byte_value[id]
+        return b if b >= 0 else None
+
     def token_text(self, id: int) -> str:
         return self.tokens[id]
 

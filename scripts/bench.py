@@ -145,19 +145,21 @@ def bench_generate(model: Path, threads: int, prompt_tokens: int, gen_tokens: in
         eng.prefill(Prompt(toks))
     prefill_s = best_of(2, prefill)
 
+    engines = {eng.config.draft_max: eng, 0: eng.spawn(draft_max=0)}
+
     def decode(ids: list[int], draft_max: int) -> tuple[int, float, str]:
         """Best of 2 runs of gen_tokens greedy tokens after `ids`: (tokens, tok/s, right guesses)."""
-        eng.draft_max = draft_max
+        e = engines[draft_max]
         best, n, right = 0.0, 0, ""
         for _ in range(2):
-            eng.reset()
-            n = sum(1 for _ in eng.generate(Prompt(ids), greedy, max_tokens=gen_tokens, ignore_eos=True))
-            st = eng.last_stats
+            e.reset()
+            n = sum(1 for _ in e.generate(Prompt(ids), greedy, max_tokens=gen_tokens, ignore_eos=True))
+            st = e.last
             best = max(best, st.decode_tok_s)
-            right = f"{st.draft_accepted}/{st.draft_tokens}"
+            right = f"{st.draft_accepted}/{st.draft_n}"
         return n, best, right
 
-    draft_max = eng.draft_max
+    draft_max = eng.config.draft_max
     n, decode_tok_s, right = decode(toks[:16], draft_max)
     _, plain_tok_s, _ = decode(toks[:16], 0)
     ours = {"engine": "runner (numpy)", "load_s": round(load_s, 3), "first_token_s": round(first_token_s, 3),
@@ -173,7 +175,6 @@ def bench_generate(model: Path, threads: int, prompt_tokens: int, gen_tokens: in
         _, off, _ = decode(ids, 0)
         print(f"  other text   {name:8s} decode {on:5.1f} tok/s drafted ({right} guesses right), "
               f"{off:5.1f} undrafted")
-    eng.draft_max = draft_max
     ref_tool = SHARED / "llamacpp-ref"
     if not llamacpp or not ref_tool.exists():
         print("               (llama.cpp reference not run)")

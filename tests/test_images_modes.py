@@ -83,7 +83,7 @@ def test_repl_upload_lays_out_the_image_as_the_chat_api_does(mm, files):
     llm.chat_prompt for an image part followed by the text (the processor's layout)."""
     _, _, pics = files
     data = pics[0].read_bytes()
-    conv = Conversation(mm, "gemma", raw=False)
+    conv = Conversation(mm, "gemma")
     conv.pending.append(("pic0.png", conv.add_image(data)))
     turn = conv.prompt(QUESTION)
     ref = mm.chat_prompt(image_message(data))
@@ -91,7 +91,7 @@ def test_repl_upload_lays_out_the_image_as_the_chat_api_does(mm, files):
     assert [(im.start, im.key) for im in turn.images] == [(im.start, im.key) for im in ref.images]
     ahead = conv.next_prefix()                       # what is computed while the user types
     assert len(ahead.images) == 1 and ahead.images[0].start == ref.images[0].start
-    assert ahead.keys() == ref.keys()[:len(ahead)]
+    assert ahead.ids() == ref.ids()[:len(ahead)]
 
 
 def test_repl_upload_session(files):

@@ -122,7 +122,7 @@ def test_incremental_decode_and_chunks_equal_full_pass(tmp_path):
 def test_batched_decode_equals_one_sequence_at_a_time(tmp_path):
     """Several sequences at different positions (some past the sliding window), one token
     each in one pass over the weights, give the logits each gets decoded alone."""
-    from runner.engine import Engine, Prompt, decode_batch
+    from runner.engine import Prompt, decode_batch
     cfg = text_config(vocab=300, d=64, layers=7, heads=4, kv_heads=2, head_dim=32, window=16)
     hf = build_text_model(cfg, seed=7)
     path = write_text_gguf(hf, tmp_path / "batch.gguf")
@@ -132,17 +132,17 @@ def test_batched_decode_equals_one_sequence_at_a_time(tmp_path):
     nxt = [11, 12, 13, 14]
     alone = []
     for p, t in zip(prompts, nxt):
-        e = Engine(llm.weights, llm.cfg, llm.tokenizer, n_ctx=128)
+        e = llm.engine.spawn()
         e.prefill(Prompt(p))
-        alone.append(e._decode(t))
-    engines = [Engine(llm.weights, llm.cfg, llm.tokenizer, n_ctx=128) for _ in prompts]
+        alone.append(decode_batch([e], [t])[0])
+    engines = [llm.engine.spawn() for _ in prompts]
     for e, p in zip(engines, prompts):
         e.prefill(Prompt(p))
     together = decode_batch(engines, nxt)
     np.testing.assert_allclose(together, np.stack(alone), rtol=0, atol=1e-5 * np.abs(together).max())
-    assert [e.keys for e in engines] == [p + [t] for p, t in zip(prompts, nxt)]
+    assert [e.ids for e in engines] == [p + [t] for p, t in zip(prompts, nxt)]
     # and they go on from there, each its own way
     again = decode_batch(engines, [1, 2, 3, 4])
-    ref = Engine(llm.weights, llm.cfg, llm.tokenizer, n_ctx=128)
+    ref = llm.engine.spawn()
     ref.prefill(Prompt(prompts[2] + [13]))
-    np.testing.assert_allclose(again[2], ref._decode(3), rtol=0, atol=1e-5 * np.abs(again).max())
+    np.testing.assert_allclose(again[2], decode_batch([ref], [3])[0], rtol=0, atol=1e-5 * np.abs(again).max())

@@ -332,7 +332,7 @@ def fake_reply(conv, llm, turn, text):
 
 
 def test_raw_turn_keeps_the_generated_ids(llm):
-    conv = Conversation(llm, None, raw=True)
+    conv = Conversation(llm, None)
     turn = conv.prompt("The capital of France is")
     assert list(turn.tokens) == llm.tokenize("The capital of France is")
     ids = generated_ids(llm, turn.tokens, 8)
@@ -343,7 +343,7 @@ def test_raw_turn_keeps_the_generated_ids(llm):
 
 
 def test_chat_turn_matches_the_chat_format(llm):
-    conv = Conversation(llm, None, raw=False, system="Be brief.")
+    conv = Conversation(llm, "gemma", system="Be brief.")
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     turn = conv.prompt("Hi")
     assert turn.tokens == tuple(llm.chat_prompt(msgs).tokens)
@@ -360,7 +360,7 @@ def test_chat_turn_matches_the_chat_format(llm):
 
 
 def test_undo_push_pop_forget_and_the_cache(llm):
-    conv = Conversation(llm, None, raw=False, system="S.")
+    conv = Conversation(llm, "gemma", system="S.")
     points = [conv.state]
     for q in ("one", "two", "three"):
         fake_reply(conv, llm, conv.prompt(q), q.upper())
@@ -371,7 +371,7 @@ def test_undo_push_pop_forget_and_the_cache(llm):
 
     assert conv.undo() is points[2]
     sync_cache(llm.engine, conv.state.prompt())
-    assert llm.engine.keys == list(conv.state.tokens)[:len(llm.engine.keys)]    # rewound with it
+    assert llm.engine.ids == list(conv.state.tokens)[:len(llm.engine.ids)]    # rewound with it
     assert conv.pop() is points[3] and conv.stack == []
 
     dropped = conv.forget()
@@ -386,19 +386,19 @@ def test_undo_push_pop_forget_and_the_cache(llm):
 
 
 def test_pending_upload_goes_with_the_next_message(llm):
-    conv = Conversation(llm, None, raw=False)
+    conv = Conversation(llm, "gemma")
     conv.pending.append(("a.txt", "FILE TEXT"))
     turn = conv.prompt("What is it?")
     assert turn.messages[-1]["content"] == "FILE TEXT\n\nWhat is it?"
     ahead = conv.next_prefix()
     assert list(turn.tokens[:len(ahead) - 1]) == ahead.tokens[:-1]     # computed ahead, reused by the turn
-    raw = Conversation(llm, None, raw=True, system="Notes:")
+    raw = Conversation(llm, None, system="Notes:")
     raw.pending.append(("a.txt", "text"))
     assert raw.prompt("").text == "<bos>Notes:\ntext"
 
 
 def test_raw_text_joins_inputs_on_new_lines_or_after_a_stop_string(llm):
-    conv = Conversation(llm, None, raw=True, system="Log:", stops=("User:",))
+    conv = Conversation(llm, None, system="Log:", stops=("User:",))
     fake_reply(conv, llm, conv.prompt("first"), " line")
     fake_reply(conv, llm, conv.prompt("second"), "\nUser:")
     assert conv.prompt("third").text == "<bos>Log:\nfirst line\nsecond\nUser: third"

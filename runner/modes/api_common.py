@@ -1,5 +1,6 @@
-"""What the server's endpoints share: options, state, OpenAI-shaped errors, request field
-validation, sampling settings from a request, token pieces, SSE framing.
+"""What both API adapters (openai_api, llama_api) share: options, state, errors,
+request field validation, a request's sampling settings and job, and the one loop that
+turns a job's events into a response (collected, or streamed as server-sent events).
 
 Every value a client sends passes through `Fields`, which names the field, the expected
 type or range and what was found, so that a bad request is a 400 with a useful message
@@ -9,16 +10,25 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import threading
 import time
+import traceback
 import uuid
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, AsyncIterator, Callable
 
-from ..sampling import SamplingParams
-from ..tokenizer import TokenType
-from .slots import Metrics
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from ..chat import ChatError
+from ..engine import ContextError, Prompt
+from ..generation import Result, Token
+from ..sampling import OPTIONS, SamplingParams
+from .slots import Job, Metrics
 
 MAX_LOGPROBS = 20            # top alternatives a request may ask for (OpenAI's limit)
 MAX_STOP = 16                # stop strings in one request
@@ -106,6 +116,11 @@ class State:
                 from .jsonmode import JSONVocab
                 self._json_vocab = JSONVocab(self.llm.tokenizer)
             return self._json_vocab
+
+    def finished(self, r: Result) -> None:
+        self.log(f"slot {r.slot}: prompt {r.prompt_tokens} tokens ({r.cached_tokens} cached, "
+                 f"{r.prefill_tok_s:.0f} tok/s), {r.generated_tokens} generated "
+                 f"({r.decode_tok_s:.1f} tok/s), {r.finish_reason}")
 
 
 # -- request fields -------------------------------------------------------------------------
@@ -243,23 +258,18 @@ def _range(lo, hi) -> str:
 
 
 def sampling_params(f: Fields, defaults: SamplingParams, n_vocab: int, server_seed: int | None) -> SamplingParams:
-    """The sampling settings of a request: OpenAI's fields and llama.cpp's extras."""
+    """A request's sampling settings: every declared option (runner.sampling) by its name,
+    in its range; the logit bias and the seed (llama.cpp's -1: random) read specially."""
+    given: dict[str, Any] = {}
+    for name, opt in OPTIONS.items():
+        lo, hi = opt.metadata["lo"], opt.metadata["hi"]
+        if opt.type == "int":
+            given[name] = f.integer(name, getattr(defaults, name), lo, hi)
+        elif opt.type == "float":
+            given[name] = f.number(name, getattr(defaults, name), lo, hi)
     seed = f.integer("seed", server_seed)
-    if seed == -1:                       # llama.cpp: -1 is a random seed
-        seed = None
-    return replace(
-        defaults,
-        temperature=f.number("temperature", defaults.temperature, 0.0, 2.0),
-        top_p=f.number("top_p", defaults.top_p, 0.0, 1.0),
-        top_k=f.integer("top_k", defaults.top_k, 0, n_vocab),
-        min_p=f.number("min_p", defaults.min_p, 0.0, 1.0),
-        repeat_penalty=f.number("repeat_penalty", defaults.repeat_penalty, 0.0, 10.0),
-        repeat_last_n=f.integer("repeat_last_n", defaults.repeat_last_n, -1),
-        presence_penalty=f.number("presence_penalty", defaults.presence_penalty, -2.0, 2.0),
-        frequency_penalty=f.number("frequency_penalty", defaults.frequency_penalty, -2.0, 2.0),
-        logit_bias=f.logit_bias(n_vocab),
-        seed=None if seed is None else seed & 0xFFFFFFFFFFFFFFFF,      # numpy wants seed >= 0
-    )
+    given["seed"] = None if seed is None or seed == -1 else seed & 0xFFFFFFFFFFFFFFFF   # numpy wants >= 0
+    return replace(defaults, logit_bias=f.logit_bias(n_vocab), **given)
 
 
 def max_tokens(f: Fields, default: int, *names: str) -> int | None:
@@ -279,12 +289,20 @@ def new_id(prefix: str) -> str:
 
 def token_piece(tokenizer, tok: int) -> tuple[str, list[int]]:
     """A token's text and its bytes (a byte token is one raw byte of a UTF-8 character)."""
-    piece = tokenizer.tokens[tok]
-    if int(tokenizer.types[tok]) == TokenType.BYTE and len(piece) == 6 and piece.startswith("<0x"):
-        b = int(piece[3:5], 16)
+    b = tokenizer.byte_of(tok)
+    if b is not None:
         return bytes([b]).decode("utf-8", "replace"), [b]
     text = tokenizer.decode([tok])
     return text, list(text.encode("utf-8"))
+
+
+def finite(x: float) -> float:
+    return x if math.isfinite(x) else -9999.0     # JSON has no -inf; OpenAI's "impossible"
+
+
+def model_id(llm) -> str:
+    """The model's name as an id: "Gemma 3 270m" -> "gemma-3-270m"."""
+    return re.sub(r"[^a-z0-9.]+", "-", llm.name.lower()).strip("-") or "gemma"
 
 
 def sse(obj: Any) -> bytes:
@@ -293,3 +311,112 @@ def sse(obj: Any) -> bytes:
 
 SSE_DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+# -- a request's prompt and job -------------------------------------------------------------
+
+def check_context(state: State, prompt: Prompt, param: str) -> None:
+    try:
+        state.llm.engine.check_fits(prompt)
+    except ContextError as e:
+        raise bad(f"'{param}': {e}", param, "context_length_exceeded" if len(prompt) else None) from None
+
+
+def completion_prompt(state: State, f: Fields, name: str = "prompt") -> tuple[Prompt, str | None, bool]:
+    """(prompt, its text if given as text, whether BOS was added): a string gets BOS
+    unless it starts with <bos>; token ids are taken as they are. OpenAI's one-element
+    batch forms are accepted too."""
+    llm = state.llm
+    p = f.raw(name)
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
+        p = p[0]
+    if isinstance(p, str):
+        add_bos = not p.startswith(llm.tokenizer.tokens[llm.tokenizer.bos_id])
+        return Prompt(llm.tokenize(p, add_bos=add_bos)), p, add_bos
+    if isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+        return Prompt(f.token_ids(name, p, llm.n_vocab)), None, False
+    if isinstance(p, list) and len(p) > 1:
+        raise bad(f"'{name}': batches of prompts are not supported; send one prompt per request", name)
+    raise bad(f"'{name}' must be a string or an array of token ids", name)
+
+
+async def request_job(state: State, f: Fields, prompt: Prompt, limit: int | None, param: str) -> Job:
+    """The job of a request: its prompt (checked against the context), sampling settings,
+    stop strings and JSON mode."""
+    check_context(state, prompt, param)
+    o, llm = state.options, state.llm
+    if f.integer("n", 1, 1, 1) != 1 or f.integer("best_of", 1, 1, 1) != 1:
+        raise bad("only one choice per request is supported (n = 1)")
+    f.string("model")                               # any model name is accepted: there is one
+    job = Job(prompt=prompt, params=sampling_params(f, o.sampling, llm.n_vocab, o.sampling.seed),
+              max_tokens=limit, stop=f.stop(), ignore_eos=f.boolean("ignore_eos", False),
+              progress=f.boolean("return_progress", False))
+    kind = (f.obj("response_format") or {}).get("type", "text")
+    if kind == "json_object":
+        from .jsonmode import JSONConstraint
+        vocab = await run_in_threadpool(state.json_vocab)
+        job.constraint = lambda: JSONConstraint(vocab)
+    elif kind == "json_schema":
+        raise bad("response_format 'json_schema' is not supported; use {\"type\": \"json_object\"}",
+                  "response_format")
+    elif kind != "text":
+        raise bad(f"response_format type must be 'text' or 'json_object', got {kind!r}", "response_format")
+    return job
+
+
+# -- running a job ----------------------------------------------------------------------------
+
+def job_error(state: State, e: Exception) -> APIError | Exception:
+    """An error raised while generating: a client mistake becomes a 400; anything else is
+    logged with its traceback."""
+    if isinstance(e, (ContextError, ChatError)):
+        return bad(str(e))
+    if not isinstance(e, APIError):
+        state.log("error during generation:\n" + "".join(traceback.format_exception(e)).rstrip())
+    return e
+
+
+async def collect(state: State, job: Job, request: Request) -> tuple[str, list[Token], Result | None, list | None]:
+    """Run a job to the end (or until the client leaves: then the result is None); its
+    text, tokens, result and prompt log-probabilities (if it scored its prompt)."""
+    text, tokens, result, scored = [], [], None, None
+    async with aclosing(state.pool.run(job, request.is_disconnected)) as events:
+        async for kind, v in events:
+            if kind == "token":
+                text.append(v.text)
+                tokens.append(v)
+            elif kind == "prompt_logprobs":
+                scored = v
+            elif kind == "done":
+                result = v
+                state.finished(v)
+            elif kind == "error":
+                raise job_error(state, v)
+    return "".join(text), tokens, result, scored
+
+
+def stream(state: State, job: Job, render: Callable[[str, Any], list[dict]], opening: list[dict] = (),
+           done: bool = True) -> StreamingResponse:
+    """A job's events as server-sent events: the `opening` chunks, then each event
+    ("progress", "prompt_logprobs", "token", "done") as the chunks the API's `render`
+    makes of it (an error after the stream began becomes an error event: the status is
+    already sent), then [DONE] if `done`."""
+    async def body() -> AsyncIterator[bytes]:
+        for c in opening:
+            yield sse(c)
+        async with aclosing(state.pool.run(job)) as run:
+            async for kind, v in run:
+                if kind == "error":
+                    e = job_error(state, v)
+                    chunks = [e.body() if isinstance(e, APIError) else
+                              error_body("the server failed while generating; see its log", "server_error")]
+                else:
+                    if kind == "done":
+                        state.finished(v)
+                    chunks = render(kind, v)
+                for c in chunks:
+                    yield sse(c)
+        if done:
+            yield SSE_DONE
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)

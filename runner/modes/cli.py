@@ -19,10 +19,7 @@ import os
 import sys
 
 from ..args import UserError, die, read_prompt, sampling_from_args, stop_strings
-from ..chat import ChatError, resolve_template
 from ..engine import ContextError, Prompt
-
-FINISH = {"stop": "the end of the text or a stop string", "length": "the -n limit", "context": "the full context"}
 
 
 def build_prompt(llm, args, text: str) -> tuple[Prompt, str]:
@@ -30,17 +27,12 @@ def build_prompt(llm, args, text: str) -> tuple[Prompt, str]:
     in the chat format when --chat-template or --image asks for one."""
     if not (args.chat_template or args.image):
         return llm.prompt_of(text), text
-    if args.chat_template:
-        try:
-            llm.chat_template = resolve_template(args.chat_template, None)[0]
-        except ChatError as e:
-            raise UserError(f"--chat-template: {e}", 2) from None
     content = text
     if args.image:
         content = [{"type": "image", "image": path} for path in args.image] + [{"type": "text", "text": text}]
     try:
         return llm.chat_prompt([{"role": "user", "content": content}]), text + "\n"
-    except ValueError as e:                       # ChatError, or images this model cannot read
+    except ValueError as e:                       # a template error, or images this model cannot read
         raise UserError(str(e)) from None
 
 
@@ -103,7 +95,7 @@ def run(llm, args) -> int:
         s = llm.stats
         log(f"prompt {s.prompt_tokens} tokens ({s.cached_tokens} cached), {s.prefill_s:.2f} s, "
             f"{s.prefill_tok_s:.1f} tok/s | generated {s.generated_tokens} tokens, {s.decode_s:.2f} s, "
-            f"{s.decode_tok_s:.1f} tok/s | ended by {FINISH.get(s.finish_reason, s.finish_reason)}")
+            f"{s.decode_tok_s:.1f} tok/s | ended by {s.stop.words}")
     return 0
 
 

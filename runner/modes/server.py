@@ -11,14 +11,15 @@ for unknown routes, 503 while the model loads. An unexpected exception is logged
 its traceback and answered 400 (the request could not be served) or 503, never with a
 500 and a traceback for the client.
 
-Modules: api_common (options, validation, errors), openai_api and llama_api (the
-handlers), slots (scheduling generation across -np engines), jsonmode (JSON output).
+Layers, each importing only those below it: this module (the app, the routes), then one
+adapter per API (openai_api, llama_api) over what they share (api_common: validation,
+errors, the event loop that makes responses), then the slot pool (slots), then the
+compute thread (scheduler), which runs the engine's decoding step.
 """
 from __future__ import annotations
 
 import hmac
 import socket
-import sys
 import threading
 import time
 import traceback
@@ -33,10 +34,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from ..engine import Engine
 from . import llama_api, openai_api
-from .api_common import APIError, Options, State, error_body
-from .slots import PREFILL_CHUNK, SlotPool
+from .api_common import APIError, Options, State, error_body, model_id
+from .slots import SlotPool
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 PUBLIC = ("/", "/health", "/favicon.ico")          # never behind the API key
@@ -51,11 +51,8 @@ def error_response(status: int, message: str, type: str, code=None, headers=None
 
 def attach_model(state: State, llm) -> None:
     """Make the model servable: one engine per slot, all sharing the weights."""
-    engines = [llm.engine] + [Engine(llm.weights, llm.cfg, llm.tokenizer, n_ctx=llm.n_ctx)
-                              for _ in range(state.options.parallel - 1)]
-    for e in engines:
-        e.n_batch = PREFILL_CHUNK                   # the granularity of progress and of a cancel
-    state.pool = SlotPool(engines, state.metrics, state)
+    engines = [llm.engine] + [llm.engine.spawn() for _ in range(state.options.parallel - 1)]
+    state.pool = SlotPool(engines, state.metrics)
     state.llm = llm                                  # last: a non-None llm means ready
 
 
@@ -184,7 +181,7 @@ def install_routes(app: FastAPI, state: State) -> None:
     async def models() -> Response:
         llm = state.llm
         return JSONResponse({"object": "list", "data": [{
-            "id": openai_api.model_id(llm), "object": "model", "created": state.started,
+            "id": model_id(llm), "object": "model", "created": state.started,
             "owned_by": "gemma-runner",
             "meta": {"name": llm.name, "n_ctx": llm.n_ctx, "n_vocab": llm.n_vocab}}]})
 
@@ -294,43 +291,24 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str
         sock.close()
 
 
-def chat_template(llm, args) -> str | None:
-    """The template /v1/chat/completions formats with: --chat-template, else the model
-    file's, else the built-in Gemma format, which a base model without a template gets
-    too. ChatError for a --chat-template that does not compile."""
-    from ..chat import resolve_template
-    template, _, warning = resolve_template(args.chat_template, llm.gguf.get("tokenizer.chat_template"))
-    if warning and not args.log_disable:
-        print(f"gemma-runner: {warning}", file=sys.stderr)
-    return template
-
-
 def run(llm, args, name: str = "") -> int:
     """Serve `llm`, or a function that loads it: then the server listens at once and
     answers 503 until the model is ready."""
     import uvicorn
     from ..args import die
-    from ..chat import ChatError, resolve_template
     options = Options.from_args(args)
-    try:
-        resolve_template(args.chat_template, None)    # a bad --chat-template: fail now
-    except ChatError as e:
-        return die(f"--chat-template: {e}", 2)
     failed: list[Exception] = []
     if callable(llm) and not hasattr(llm, "engine"):
         loader = llm
 
         def source():
             try:
-                model = loader()
+                return loader()
             except Exception as e:                    # a file that cannot be served: stop
                 failed.append(e)
                 server.should_exit = True
                 raise
-            model.chat_template = chat_template(model, args)
-            return model
     else:
-        llm.chat_template = chat_template(llm, args)
         name, source = name or llm.name, llm
     app = create_app(source, options)
     try:

@@ -8,7 +8,8 @@ For each size scripts/geometry.py provides a random-weight GGUF (written once, t
 reused). Ours and llama.cpp then each run in a fresh child process, one after the other
 (never two big models at once), so that each peak RSS is that engine's alone: the child's
 ru_maxrss from wait4, file pages it mapped included. Both children measure the same
-things: load time; prefill of a 128-token prompt (the shared paragraph, BOS included);
+things: load time (the file read once just before, so that both start from the page
+cache, as a second launch does); prefill of a 128-token prompt (the shared paragraph, BOS included);
 greedy decode of 32 tokens after a 16-token context; best of --repeats (2) each, 2
 threads. Ours is `runner.load(path, n_ctx, threads, draft_max=0)` from whatever `runner`
 comes first on PYTHONPATH (this repository's otherwise); llama.cpp is
@@ -62,6 +63,17 @@ def _rss_anon(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def warm(path: Path) -> float:
+    """Read the file once so that each engine's load starts from the same page cache (as
+    a second launch does); seconds taken."""
+    t = time.perf_counter()
+    buf = bytearray(16 << 20)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+    return time.perf_counter() - t
 
 
 def run_child(cmd: list[str], timeout: float, anon_limit: int) -> dict:
@@ -186,6 +198,7 @@ def bench_geometry(specs: list[str], text: str, threads: int = 2, prompt_tokens:
         if why:
             res_ours = {"engine": "ours", "error": f"skipped: {why}"}
         else:
+            warm(path)
             res_ours = run_child([sys.executable, __file__, "--child", str(path), "--text", text,
                                   "--threads", str(threads), "--prompt-tokens", str(prompt_tokens),
                                   "--gen-tokens", str(gen_tokens), "--repeats", str(repeats)],
@@ -198,6 +211,7 @@ def bench_geometry(specs: list[str], text: str, threads: int = 2, prompt_tokens:
         elif not G.LLAMACPP_PYTHON.exists():
             res_ref = {"engine": "llama.cpp", "error": f"{G.LLAMACPP_PYTHON} not found (llamacpp-ref setup)"}
         else:
+            warm(path)
             res_ref = run_child([str(G.LLAMACPP_PYTHON), str(SHARED / "llamacpp_ref.py"), "bench", str(path),
                                  "--threads", str(threads), "--prompt-tokens", str(prompt_tokens),
                                  "--gen-tokens", str(gen_tokens), "--repeats", str(repeats)],

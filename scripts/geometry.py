@@ -322,7 +322,7 @@ llm = Llama(model_path=sys.argv[1], n_ctx=512, n_threads=2, n_threads_batch=2, v
 load_s = time.perf_counter() - t
 ids = llm.tokenize(b"The river rose slowly through the night", add_bos=True)
 llm.eval(ids)
-z = np.asarray(llm.scores[llm.n_tokens - 1])
+z = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))  # the last token's logits
 print(json.dumps({"n_vocab": llm.n_vocab(), "load_s": round(load_s, 2), "tokens": len(ids),
                   "finite": bool(np.isfinite(z).all()), "logit_std": round(float(z.std()), 3)}))
 """

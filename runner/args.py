@@ -7,6 +7,7 @@ REPL unless given.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from dataclasses import fields
@@ -137,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop when the output contains TEXT; repeatable (in the chat's raw "
                           "completion mode TEXT stays, for you to write after)")
     gen.add_argument("--ignore-eos", action="store_true", help="keep generating past the end-of-text token")
+    gen.add_argument("-j", "--json-schema", metavar="SCHEMA",
+                     help="constrain the output to JSON this JSON Schema accepts ('{}': any JSON value); "
+                          "in the chat, every reply")
+    gen.add_argument("-jf", "--json-schema-file", metavar="FILE", help="the same, with the schema read from FILE")
 
     srv = p.add_argument_group("server")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -162,7 +167,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.image and not args.mmproj:
         p.error("--image needs --mmproj FILE (the vision projector)")
     args.mode = "server" if args.server else "cli" if args.cli else "chat"
+    args.schema = _schema(p, args)
     return args
+
+
+def _schema(p: argparse.ArgumentParser, args: argparse.Namespace):
+    """The parsed and checked --json-schema / --json-schema-file, or None. Bad JSON or an
+    unsupported keyword is a usage error (status 2), an unreadable file status 1."""
+    from .structured import SchemaError, compile_schema
+    if args.json_schema is not None and args.json_schema_file is not None:
+        p.error("--json-schema and --json-schema-file both give the schema: use one of them")
+    if args.json_schema is not None:
+        flag, text = "--json-schema", args.json_schema
+    elif args.json_schema_file is not None:
+        flag = "--json-schema-file"
+        try:
+            text = _read_text(args.json_schema_file)
+        except UserError as e:
+            p.exit(e.status, f"{p.prog}: error: {flag}: {e}\n")
+    else:
+        return None
+    try:
+        schema = json.loads(text)
+        compile_schema(schema)
+    except json.JSONDecodeError as e:
+        p.error(f"{flag}: not valid JSON: {e}")
+    except SchemaError as e:
+        p.error(f"{flag}: {e}")
+    return schema
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingParams:

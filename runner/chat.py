@@ -7,6 +7,10 @@ prompt is `<start_of_turn>model\\n`.
 
 Any other template is a Jinja string (a GGUF file's `tokenizer.chat_template`, or
 --chat-template), rendered in a sandbox as transformers and llama.cpp render it.
+
+OpenAI's `developer` role is a system message; tools, tool calls and tool results are
+written in the built-in tool format (structured/tools.py) unless the template renders
+`tools` itself.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
+
+from .structured.tools import ToolError, ToolSpec, prepare_messages
 
 
 class ChatError(ValueError):
@@ -111,12 +117,36 @@ def render_text(messages: list[dict], add_generation_prompt: bool = True) -> str
 
 
 def render(messages: list[dict], template: str = "gemma", add_generation_prompt: bool = True,
-           bos_token: str = "<bos>", eos_token: str = "<eos>") -> list[str | ImageRef]:
+           bos_token: str = "<bos>", eos_token: str = "<eos>", tools: ToolSpec | None = None) -> list[str | ImageRef]:
     """The prompt for `messages` under `template`: "gemma" is the built-in Gemma format;
-    anything else is a chat template string (Jinja, as in GGUF files)."""
+    anything else is a chat template string (Jinja, as in GGUF files). `developer` messages
+    are system messages. Tools, tool calls and tool results go to a template that renders
+    `tools` itself; for any other the messages are rewritten in the built-in tool format
+    (structured/tools.py)."""
+    native = template != "gemma" and template_supports_tools(template)
+    try:
+        messages = prepare_messages(messages, tools, native)
+    except ToolError as e:
+        raise ChatError(str(e)) from None
     if template == "gemma":
         return render_gemma(messages, add_generation_prompt)
-    return render_jinja(messages, template, add_generation_prompt, bos_token, eos_token)
+    return render_jinja(messages, template, add_generation_prompt, bos_token, eos_token,
+                        tools.openai() if native and tools is not None and tools.calls else None)
+
+
+_PROBE_TOOL = "probe_tool_7f3a"
+
+
+@functools.lru_cache(maxsize=8)
+def template_supports_tools(template: str) -> bool:
+    """Does a Jinja template render `tools`? (It shows a probe function's name.)"""
+    probe = [{"type": "function", "function": {"name": _PROBE_TOOL, "description": "",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    try:
+        text = render_jinja([{"role": "user", "content": "hi"}], template, tools=probe)
+    except ChatError:
+        return False
+    return any(isinstance(p, str) and _PROBE_TOOL in p for p in text)
 
 
 # -- Jinja chat templates (the `tokenizer.chat_template` of GGUF and HF files) -------------
@@ -210,14 +240,16 @@ def _template_messages(messages: list[dict]) -> tuple[list[dict], list[ImageRef]
 
 
 def render_jinja(messages: list[dict], template: str, add_generation_prompt: bool = True,
-                 bos_token: str = "<bos>", eos_token: str = "<eos>") -> list[str | ImageRef]:
-    """The prompt from a Jinja chat template, with image slots where the images were."""
+                 bos_token: str = "<bos>", eos_token: str = "<eos>", tools: list | None = None) -> list[str | ImageRef]:
+    """The prompt from a Jinja chat template, with image slots where the images were
+    (`tools`: OpenAI's tool list, for templates that render it)."""
     import jinja2
     compiled = compile_template(template)
     plain, images = _template_messages(messages)
+    extra = {"tools": tools} if tools is not None else {}
     try:
         text = compiled.render(messages=plain, add_generation_prompt=add_generation_prompt,
-                               bos_token=bos_token, eos_token=eos_token)
+                               bos_token=bos_token, eos_token=eos_token, **extra)
     except jinja2.TemplateError as e:               # raise_exception(), undefined names, sandbox
         raise ChatError(f"chat template: {e}") from None
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:

@@ -15,6 +15,7 @@ images (`{"type": "image", "image": "cat.jpg"}` or OpenAI `image_url` parts):
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import OrderedDict
 from typing import Any, Iterator
@@ -26,6 +27,8 @@ from .chat import ChatFormat, ImageRef, render, resolve_template
 from .engine import Engine, EngineConfig, ImageSlot, Prompt, Result
 from .gguf import GGUFFile
 from .sampling import OPTIONS, SamplingParams
+from .structured import Structured
+from .structured.tools import ToolSpec
 from .threads import set_blas_threads
 from .tokenizer import Tokenizer, load_tokenizer
 
@@ -46,6 +49,8 @@ class LLM:
         self.weights = M.load_weights(gguf, self.cfg, resident=resident, threads=threads)
         self.engine = Engine(self.weights, self.cfg, self.tokenizer, config)
         self.vision = None
+        self._structured: Structured | None = None
+        self._structured_lock = threading.Lock()
         self._images: OrderedDict[int, np.ndarray] = OrderedDict()   # content hash -> soft tokens
         if mmproj is not None:
             self.vision = self._load_vision(mmproj, threads)
@@ -114,9 +119,18 @@ class LLM:
             raise TypeError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
         return SamplingParams(**kw)
 
-    def _run(self, prompt: Prompt, stream: bool, max_tokens, stop, ignore_eos, kw):
+    def structured(self) -> Structured:
+        """Structured output (JSON Schema constraints) over this model's vocabulary, built on
+        first use (about a second)."""
+        with self._structured_lock:
+            if self._structured is None:
+                self._structured = Structured(self.tokenizer)
+            return self._structured
+
+    def _run(self, prompt: Prompt, stream: bool, max_tokens, stop, ignore_eos, kw, json_schema=None):
+        constraint = self.structured().constraint(json_schema)() if json_schema is not None else None
         gen = self.engine.generate(prompt, self._params(kw), max_tokens=max_tokens,
-                                   stop=list(stop or ()), ignore_eos=ignore_eos)
+                                   stop=list(stop or ()), ignore_eos=ignore_eos, constraint=constraint)
         if stream:
             return (t.text for t in gen if t.text)
         return "".join(t.text for t in gen)
@@ -131,23 +145,26 @@ class LLM:
         return Prompt([int(t) for t in prompt])
 
     def complete(self, prompt: str | list[int], max_tokens: int | None = 128, stop=(), ignore_eos: bool = False,
-                 stream: bool = False, **sampling) -> str | Iterator[str]:
-        """Continue `prompt` (text, to which BOS is added, or token ids as they are)."""
-        return self._run(self.prompt_of(prompt), stream, max_tokens, stop, ignore_eos, sampling)
+                 stream: bool = False, json_schema: Any = None, **sampling) -> str | Iterator[str]:
+        """Continue `prompt` (text, to which BOS is added, or token ids as they are);
+        with `json_schema` the output is a JSON value it accepts (SchemaError if the
+        schema is not supported)."""
+        return self._run(self.prompt_of(prompt), stream, max_tokens, stop, ignore_eos, sampling, json_schema)
 
-    def chat_prompt(self, messages: list[dict], template: str | None = None) -> Prompt:
+    def chat_prompt(self, messages: list[dict], template: str | None = None, tools: ToolSpec | None = None) -> Prompt:
         """The prompt for `messages` under `template` (default: chat_template), with
-        exactly one BOS (added if the template does not write it)."""
-        pieces = render(messages, template or self.chat_template)
+        exactly one BOS (added if the template does not write it); `tools` (from
+        structured.tools.parse_tools) are described in it."""
+        pieces = render(messages, template or self.chat_template, tools=tools)
         bos = self.tokenizer.token_text(self.tokenizer.bos_id)
         has_bos = bool(pieces) and isinstance(pieces[0], str) and pieces[0].startswith(bos)
         return self.build_prompt(pieces, add_bos=not has_bos)
 
     def chat(self, messages: list[dict], max_tokens: int | None = 512, stop=(), stream: bool = False,
-             **sampling) -> str | Iterator[str]:
+             json_schema: Any = None, **sampling) -> str | Iterator[str]:
         """Reply to OpenAI-style messages with the model's chat template (Gemma's built-in
-        format for a file without one)."""
-        return self._run(self.chat_prompt(messages), stream, max_tokens, stop, False, sampling)
+        format for a file without one); `json_schema` as in `complete`."""
+        return self._run(self.chat_prompt(messages), stream, max_tokens, stop, False, sampling, json_schema)
 
     # -- images ----------------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ from ..chat import ChatError
 from ..engine import ContextError, Prompt
 from ..generation import Result, Token
 from ..sampling import OPTIONS, SamplingParams
+from ..structured import SchemaConstraint, SchemaError
+from ..structured.tools import ToolConstraint, ToolSpec, calls_or_schema
 from .slots import Job, Metrics
 
 MAX_LOGPROBS = 20            # top alternatives a request may ask for (OpenAI's limit)
@@ -86,15 +88,13 @@ class State:
         self.pool = None                 # slots.SlotPool once the model is loaded
         self.load_error: str | None = None
         self.started = int(time.time())
-        self._json_vocab = None
-        self._json_lock = threading.Lock()
         self._prompt_lock = threading.Lock()
 
     def log(self, message: str) -> None:
         if self.options.log:
             print(message, file=sys.stderr, flush=True)
 
-    def chat_prompt(self, messages: list):
+    def chat_prompt(self, messages: list, tools: ToolSpec | None = None):
         """The model's prompt for `messages`, one request at a time: images are encoded
         here, and the model's image cache is not thread-safe. An image from a client must
         be a data: URI (ImageError otherwise): a path would read the server's own files,
@@ -107,15 +107,7 @@ class State:
                     if isinstance(part, ImageRef):
                         check_remote(part.source)
         with self._prompt_lock:
-            return self.llm.chat_prompt(messages)
-
-    def json_vocab(self):
-        """The vocabulary as JSON mode reads it, built on first use (0.2 s)."""
-        with self._json_lock:
-            if self._json_vocab is None:
-                from .jsonmode import JSONVocab
-                self._json_vocab = JSONVocab(self.llm.tokenizer)
-            return self._json_vocab
+            return self.llm.chat_prompt(messages, tools=tools)
 
     def finished(self, r: Result) -> None:
         self.log(f"slot {r.slot}: prompt {r.prompt_tokens} tokens ({r.cached_tokens} cached, "
@@ -340,9 +332,10 @@ def completion_prompt(state: State, f: Fields, name: str = "prompt") -> tuple[Pr
     raise bad(f"'{name}' must be a string or an array of token ids", name)
 
 
-async def request_job(state: State, f: Fields, prompt: Prompt, limit: int | None, param: str) -> Job:
+async def request_job(state: State, f: Fields, prompt: Prompt, limit: int | None, param: str,
+                      tools: ToolSpec | None = None) -> Job:
     """The job of a request: its prompt (checked against the context), sampling settings,
-    stop strings and JSON mode."""
+    stop strings and what constrains the output (response_format, json_schema, tools)."""
     check_context(state, prompt, param)
     o, llm = state.options, state.llm
     if f.integer("n", 1, 1, 1) != 1 or f.integer("best_of", 1, 1, 1) != 1:
@@ -351,17 +344,65 @@ async def request_job(state: State, f: Fields, prompt: Prompt, limit: int | None
     job = Job(prompt=prompt, params=sampling_params(f, o.sampling, llm.n_vocab, o.sampling.seed),
               max_tokens=limit, stop=f.stop(), ignore_eos=f.boolean("ignore_eos", False),
               progress=f.boolean("return_progress", False))
-    kind = (f.obj("response_format") or {}).get("type", "text")
-    if kind == "json_object":
-        from .jsonmode import JSONConstraint
-        vocab = await run_in_threadpool(state.json_vocab)
-        job.constraint = lambda: JSONConstraint(vocab)
-    elif kind == "json_schema":
-        raise bad("response_format 'json_schema' is not supported; use {\"type\": \"json_object\"}",
-                  "response_format")
-    elif kind != "text":
-        raise bad(f"response_format type must be 'text' or 'json_object', got {kind!r}", "response_format")
+    job.constraint = await output_constraint(state, f, tools)
     return job
+
+
+def response_schema(f: Fields) -> Any:
+    """The schema the output must follow: OpenAI's response_format (json_object: any
+    object; json_schema: its schema), else llama.cpp's `json_schema`; None: free text."""
+    rf = f.obj("response_format") or {}
+    kind = rf.get("type", "text")
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        js = rf.get("json_schema")
+        if not isinstance(js, dict):
+            raise bad("'response_format.json_schema' must be an object with 'name' and 'schema'", "response_format")
+        if "name" in js and (not isinstance(js["name"], str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", js["name"])):
+            raise bad("'response_format.json_schema.name' must be 1-64 letters, digits, '_' or '-'",
+                      "response_format")
+        if not isinstance(js.get("strict", False), bool):
+            raise bad("'response_format.json_schema.strict' must be true or false", "response_format")
+        if "schema" not in js:
+            raise bad("'response_format.json_schema.schema' is required", "response_format")
+        return js["schema"]
+    if kind != "text":
+        raise bad(f"response_format type must be 'text', 'json_object' or 'json_schema', got {kind!r}",
+                  "response_format")
+    if f.has("json_schema"):
+        return f.raw("json_schema")
+    return None
+
+
+async def output_constraint(state: State, f: Fields, tools: ToolSpec | None) -> Callable[[], Any] | None:
+    """A maker of the reply's constraint, or None: the response schema, the tools' calls,
+    or both as alternatives (structured/tools.py). A schema that is not supported is a
+    400 naming the keyword."""
+    schema = response_schema(f)
+    if schema is None and tools is None:
+        return None
+    structured = await run_in_threadpool(state.llm.structured)
+    bound = None
+    if schema is not None:
+        param = "response_format" if f.has("response_format") else "json_schema"
+        try:
+            bound = await run_in_threadpool(structured.bind, schema)
+        except SchemaError as e:
+            raise bad(f"'{param}': {e}", param) from None
+    if tools is None or not tools.calls:
+        if bound is None:                           # tool_choice none: text, never a call
+            return lambda: ToolConstraint(structured.vocab, None)
+        return lambda: SchemaConstraint(bound)
+    both = bound is not None and not tools.forced
+    try:
+        calls = await run_in_threadpool(structured.bind, calls_or_schema(tools.schema(), schema) if both
+                                        else tools.schema())
+    except SchemaError as e:
+        raise bad(f"'tools': {e}", "tools") from None
+    if tools.forced or both:
+        return lambda: SchemaConstraint(calls)
+    return lambda: ToolConstraint(structured.vocab, calls)
 
 
 # -- running a job ----------------------------------------------------------------------------

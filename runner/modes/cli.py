@@ -9,7 +9,9 @@ with --log-disable). Errors: one line on standard error and a non-zero status (2
 usage mistake).
 
 The prompt is completed as raw text, as llamafile --cli does, whatever the model (a chat
-model included): the output is `llm.complete(prompt)` for the same settings. Given
+model included): the output is `llm.complete(prompt)` for the same settings. With
+--json-schema (or --json-schema-file) the completion is JSON that the schema accepts, and
+ends with it. Given
 --chat-template (or --image), the prompt is instead sent as one user message in that
 chat format, and the output is the model's reply.
 """
@@ -71,8 +73,9 @@ def run(llm, args) -> int:
     try:
         tokens = iter(())
         if n != 0:                                 # -n 0: show the prompt, generate nothing
-            gen = llm.engine.generate(prompt, params, max_tokens=None if n < 0 else n,
-                                      stop=stop_strings(args), ignore_eos=args.ignore_eos)
+            constraint = llm.structured().constraint(args.schema)() if args.schema is not None else None
+            gen = llm.engine.generate(prompt, params, max_tokens=None if n < 0 else n, stop=stop_strings(args),
+                                      ignore_eos=args.ignore_eos, constraint=constraint)
             first = next(gen, None)                # the prefill: a prompt too long fails here
             tokens = _chain(first, gen)
         if not args.no_display_prompt:

@@ -1,8 +1,12 @@
 """OpenAI's /v1/chat/completions and /v1/completions: requests to jobs, events to OpenAI's
 shapes.
 
-A request is validated completely (fields, messages, prompt length) before anything is
-generated, so every client mistake is a 400 with OpenAI's error body; only then does a
+Tools (structured/tools.py): a reply that is calls comes back as `message.tool_calls` (ids,
+names, arguments as JSON text) with finish_reason "tool_calls", and in a stream as
+`delta.tool_calls` chunks, a call's name first and its arguments as they are generated.
+
+A request is validated completely (fields, messages, tools, schemas, prompt length)
+before anything is generated, so every client mistake is a 400 with OpenAI's error body; only then does a
 stream start. Responses follow OpenAI's shapes, with llama.cpp's `timings` added, and
 `prompt_progress` events in a stream when the request asks with `return_progress`.
 """
@@ -18,8 +22,9 @@ from starlette.responses import JSONResponse, Response
 from ..chat import ChatError
 from ..engine import Prompt
 from ..generation import Result, Token
+from ..structured.tools import CallParser, ToolError, ToolSpec, parse_tools, parser_mode
 from .api_common import (MAX_LOGPROBS, Fields, State, bad, collect, completion_prompt, finite, max_tokens,
-                         model_id, new_id, parse_json, request_job, stream, token_piece)
+                         model_id, new_id, parse_json, request_job, response_schema, stream, token_piece)
 
 FINGERPRINT = "gemma-runner"
 
@@ -50,34 +55,57 @@ def chat_logprob(tokenizer, t: Token) -> dict:
     return {"token": text, "logprob": finite(t.logprob), "bytes": b, "top_logprobs": top}
 
 
+def tool_spec(f: Fields) -> ToolSpec | None:
+    """The request's tools, tool_choice and parallel_tool_calls (a 400 naming the field)."""
+    try:
+        return parse_tools(f.raw("tools"), f.raw("tool_choice"), f.body.get("parallel_tool_calls"))
+    except ToolError as e:
+        raise bad(str(e), e.param) from None
+
+
+def tool_call(call: dict, index: int | None = None) -> dict:
+    out = {"id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
+    return out if index is None else {"index": index, **out}
+
+
 async def chat_completions(state: State, request: Request) -> Response:
     f = Fields(parse_json(await request.body()))
     llm = state.llm
     messages = f.raw("messages")
     if not isinstance(messages, list) or not messages:
         raise bad("'messages' must be a non-empty array of messages", "messages")
-    if f.raw("tools"):
-        raise bad("tools (function calling) are not supported by this server", "tools")
+    tools = tool_spec(f)
     want_lp = f.boolean("logprobs", False)
     top_n = f.integer("top_logprobs", 0, 0, MAX_LOGPROBS)
     limit = max_tokens(f, state.options.n_predict, "max_completion_tokens", "max_tokens")
     try:
-        prompt = await run_in_threadpool(state.chat_prompt, messages)
+        prompt = await run_in_threadpool(state.chat_prompt, messages, tools)
     except (ChatError, ValueError, TypeError) as e:
         raise bad(f"messages: {e}", "messages") from None
-    job = await request_job(state, f, prompt, limit, "messages")
+    job = await request_job(state, f, prompt, limit, "messages", tools)
     job.logprobs = top_n if want_lp else None
+    names = tuple(fn.name for fn in tools.functions) if tools else ()
+    parser = CallParser(parser_mode(tools, response_schema(f) is not None), names)
 
     def logprobs(tokens: list[Token]) -> dict | None:
         return {"content": [chat_logprob(llm.tokenizer, t) for t in tokens if t.id >= 0]} if want_lp else None
+
+    def finish_reason(r: Result) -> str:
+        # calls that ended the reply (the constraint completed them) are a tool_calls finish
+        return "tool_calls" if parser.calls and r.finish_reason == "stop" else r.finish_reason
 
     if not f.boolean("stream", False):
         text, tokens, r, _ = await collect(state, job, request)
         if r is None:
             return Response(status_code=204)        # the client left
+        parser.feed(text)
+        parser.close()
+        message: dict = {"role": "assistant", "content": text}
+        if parser.calls:
+            message = {"role": "assistant", "content": None, "tool_calls": [tool_call(c) for c in parser.calls]}
         return JSONResponse({**head(state, "chat.completion", "chatcmpl"),
-                             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                          "logprobs": logprobs(tokens), "finish_reason": r.finish_reason}],
+                             "choices": [{"index": 0, "message": message, "logprobs": logprobs(tokens),
+                                          "finish_reason": finish_reason(r)}],
                              "usage": usage(r), "timings": r.timings()})
 
     h, with_usage = head(state, "chat.completion.chunk", "chatcmpl"), include_usage(f)
@@ -86,18 +114,33 @@ async def chat_completions(state: State, request: Request) -> Response:
         c = {**h, "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
         return {**c, "usage": None} if with_usage else c
 
+    def deltas(events: list[tuple], lp: Any = None) -> list[dict]:
+        out = []
+        for e in events:
+            if e[0] == "content":
+                out.append(chunk({"content": e[1]}, lp=lp))
+                lp = None
+            elif e[0] == "call":
+                _, i, call_id, name = e
+                out.append(chunk({"tool_calls": [{"index": i, "id": call_id, "type": "function",
+                                                  "function": {"name": name, "arguments": ""}}]}))
+            else:
+                out.append(chunk({"tool_calls": [{"index": e[1], "function": {"arguments": e[2]}}]}))
+        return out + ([chunk({"content": ""}, lp=lp)] if lp else [])
+
     def render(kind: str, v: Any) -> list[dict]:
         if kind == "progress":
             return [{**h, "choices": [], "prompt_progress": v}]
         if kind == "token":
             lp = logprobs([v]) if v.id >= 0 else None
-            return [chunk({"content": v.text}, lp=lp)] if v.text or lp else []
+            return deltas(parser.feed(v.text), lp) if v.text or lp else []
         if kind == "done":
-            return [{**chunk({}, v.finish_reason), "timings": v.timings()}] + \
+            return deltas(parser.close()) + [{**chunk({}, finish_reason(v)), "timings": v.timings()}] + \
                 ([{**h, "choices": [], "usage": usage(v)}] if with_usage else [])
         return []
 
-    return stream(state, job, render, opening=[chunk({"role": "assistant", "content": ""})])
+    opening = {"role": "assistant", "content": None if tools is not None and tools.calls else ""}
+    return stream(state, job, render, opening=[chunk(opening)])
 
 
 # -- /v1/completions ------------------------------------------------------------------------

@@ -76,6 +76,8 @@ class Repl:
         self.limit = n if n >= 0 else (RAW_REPLY_TOKENS if conv.raw else None)
         self.last: Result | None = None         # of the last reply
         self.replies = self.generated = 0
+        # --json-schema: every reply is JSON the schema accepts (a fresh constraint each)
+        self.constraint = llm.structured().constraint(args.schema) if args.schema is not None else None
 
     def banner(self, fmt: str) -> None:
         s = self.screen
@@ -88,6 +90,8 @@ class Repl:
         if self.conv.start.messages:
             what = "the text starts with -p" if self.conv.raw else "system prompt"
             s.note(f"{what}: {self.conv.tokens_used()} tokens")
+        if self.constraint is not None:
+            s.note("every reply is JSON that --json-schema accepts")
         s.note("commands: " + " ".join("/" + c for c in commands.names()))
         s.note('"""  starts and ends multi-line input · Ctrl-C stops a reply · Ctrl-D quits')
 
@@ -140,8 +144,9 @@ class Repl:
         gen = None
         try:
             # with -n 0 the model reads the message and says nothing
-            gen = self.engine.generate(turn.prompt(), self.params, max_tokens=self.limit,
-                                       stop=self.stops, ignore_eos=self.args.ignore_eos)
+            gen = self.engine.generate(turn.prompt(), self.params, max_tokens=self.limit, stop=self.stops,
+                                       ignore_eos=self.args.ignore_eos,
+                                       constraint=self.constraint() if self.constraint else None)
             for tok in gen:
                 if tok.id >= 0:
                     ids.append(tok.id)

@@ -90,8 +90,11 @@ class ToolSpec:
             text += "You MUST call one of the functions.\n"
         elif self.forced:
             text += f"You MUST call the function {self.choice}.\n"
-        defs = [{"name": f.name, "description": f.description, "parameters": f.parameters} for f in funcs]
-        return text + json.dumps(defs, indent=2, ensure_ascii=False)
+        # the list as JSON, one function a line (Google's example indents it; this is the
+        # same JSON in fewer tokens, which matters with many tools)
+        defs = [json.dumps({"name": f.name, "description": f.description, "parameters": f.parameters},
+                           ensure_ascii=False) for f in funcs]
+        return text + "[\n" + ",\n".join(defs) + "\n]"
 
     def schema(self) -> dict:
         """The JSON Schema of the calls the reply may make. Each function's parameters sit

@@ -1,0 +1,278 @@
+"""Structured output and tools through the server, as the `openai` package (unchanged)
+uses them: `chat.completions.parse` with a Pydantic model, tool calls, streamed tool
+calls assembled by the package's own stream state, tool_choice, the follow-up prompt,
+and 400s naming the field. Plumbing on the tiny random model: the constraint makes even
+random weights write valid JSON, which `jsonschema` (the independent validator) checks."""
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from pydantic import BaseModel, Field
+
+from runner.chat import render, template_supports_tools
+from runner.modes.api_common import Options
+from runner.modes.server import create_app, serve_in_thread
+from runner.structured.tools import parse_tools
+
+pytestmark = pytest.mark.fast
+
+CHAT = [{"role": "user", "content": "What is the weather in Paris?"}]
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                            "unit": {"enum": ["celsius", "fahrenheit"]}},
+           "required": ["city", "unit"], "additionalProperties": False}
+ADD = {"type": "object", "properties": {"a": {"type": "integer", "minimum": -99, "maximum": 99},
+                                        "b": {"type": "integer", "minimum": -99, "maximum": 99}},
+       "required": ["a", "b"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                                           "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "add", "description": "Add two integers", "parameters": ADD}}]
+PARAMS = {"get_weather": WEATHER, "add": ADD}
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_path):
+    import runner
+    return runner.load(tiny_path, n_ctx=4096, threads=2)
+
+
+@pytest.fixture(scope="module")
+def base(llm):
+    with serve_in_thread(create_app(llm, Options(log=False, n_predict=200))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base):
+    return openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def check_calls(calls) -> list[tuple[str, str]]:
+    """Each call has an id, a known name and arguments that validate; (name, arguments)."""
+    out = []
+    for c in calls:
+        assert c.id and c.type == "function"
+        jsonschema.validate(json.loads(c.function.arguments), PARAMS[c.function.name])
+        out.append((c.function.name, c.function.arguments))
+    return out
+
+
+def streamed(client, **kw):
+    """The completion the openai package assembles from a stream."""
+    state = ChatCompletionStreamState()
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        state.handle_chunk(chunk)
+    return state.current_completion_snapshot
+
+
+# -- response_format ------------------------------------------------------------------------
+
+class Pet(BaseModel):
+    name: str = Field(max_length=8)
+    kind: Literal["cat", "dog", "parrot"]
+    age: int = Field(ge=0, le=30)
+    vaccinated: bool
+
+
+def test_parse_with_a_pydantic_model_returns_the_object(client):
+    for seed in range(3):
+        r = client.chat.completions.parse(model="m", messages=[{"role": "user", "content": "Describe a pet."}],
+                                          response_format=Pet, temperature=1.0, seed=seed, max_tokens=200)
+        pet = r.choices[0].message.parsed
+        assert isinstance(pet, Pet) and r.choices[0].finish_reason == "stop"
+        assert Pet.model_validate_json(r.choices[0].message.content) == pet
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_json_schema_output_validates_in_chat_and_completions(client, base, stream):
+    schema = {"type": "array", "items": {"type": "string", "format": "date"}, "minItems": 1, "maxItems": 3}
+    rf = {"type": "json_schema", "json_schema": {"name": "dates", "schema": schema, "strict": True}}
+    if stream:
+        text = "".join(c.choices[0].text for c in client.completions.create(
+            model="m", prompt="Dates:", extra_body={"response_format": rf}, max_tokens=200, temperature=0,
+            stream=True) if c.choices)
+    else:
+        r = client.chat.completions.create(model="m", messages=CHAT, response_format=rf, max_tokens=200, seed=3)
+        assert r.choices[0].finish_reason == "stop"
+        text = r.choices[0].message.content
+    jsonschema.validate(json.loads(text), schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def test_llama_cpp_json_schema_field(base):
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 3, "maximum": 17}},
+              "required": ["n"], "additionalProperties": False}
+    r = httpx.post(base + "/completion", json={"prompt": "N:", "json_schema": schema, "n_predict": 100}, timeout=120)
+    assert r.status_code == 200 and r.json()["stop_type"] == "eos"
+    jsonschema.validate(json.loads(r.json()["content"]), schema)
+
+
+# -- tools ----------------------------------------------------------------------------------
+
+def brace_bias(llm, *pieces: tuple[str, float]) -> dict:
+    """logit_bias on the byte tokens of characters ('{' pushes a reply into a call)."""
+    return {str(llm.tokenizer.token_id(f"<0x{ord(c):02X}>")): b for c, b in pieces}
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "add"}}])
+def test_required_and_named_tools_always_call(client, choice):
+    for seed in range(3):
+        r = client.chat.completions.create(model="m", messages=CHAT, tools=TOOLS, tool_choice=choice,
+                                           parallel_tool_calls=False, temperature=1.0, seed=seed)
+        msg, finish = r.choices[0].message, r.choices[0].finish_reason
+        assert finish == "tool_calls" and msg.content is None and len(msg.tool_calls) == 1
+        names = [n for n, _ in check_calls(msg.tool_calls)]
+        if isinstance(choice, dict):
+            assert names == ["add"]
+
+
+def test_tool_choice_none_never_calls(llm, client):
+    for seed in range(3):
+        r = client.chat.completions.create(model="m", messages=CHAT, tools=TOOLS, tool_choice="none",
+                                           temperature=1.0, seed=seed, max_tokens=6,
+                                           logit_bias=brace_bias(llm, ("{", 100), ("[", 100)))
+        assert not r.choices[0].message.tool_calls and r.choices[0].finish_reason != "tool_calls"
+        assert not r.choices[0].message.content.lstrip().startswith(("{", "["))
+
+
+def test_auto_is_text_or_calls_that_validate(llm, client):
+    kinds = set()
+    for seed, bias in [(0, None), (1, None), (2, brace_bias(llm, ("{", 100)))]:
+        r = client.chat.completions.create(model="m", messages=CHAT, tools=TOOLS, temperature=1.0, seed=seed,
+                                           logit_bias=bias, max_tokens=300)
+        msg = r.choices[0].message
+        if msg.tool_calls:                      # (cut by the limit, OpenAI's shape: finish_reason "length")
+            assert r.choices[0].finish_reason == "tool_calls" and msg.content is None
+            check_calls(msg.tool_calls)
+            kinds.add("calls")
+        else:
+            assert not msg.content.lstrip().startswith(("{", "["))
+            kinds.add("text")
+    assert kinds == {"text", "calls"}
+
+
+def test_parallel_calls_come_as_a_list_unless_turned_off(llm, client):
+    """With a '[' pushed first (and ']' favoured, so that random weights close the list),
+    a reply is a list of calls; with parallel_tool_calls false '[' cannot start it."""
+    bias = brace_bias(llm, ("[", 100), ("]", 10))
+    r = client.chat.completions.create(model="m", messages=CHAT, tools=TOOLS, temperature=1.0, seed=0,
+                                       logit_bias=bias, max_tokens=300)
+    assert r.choices[0].finish_reason == "tool_calls" and len(check_calls(r.choices[0].message.tool_calls)) >= 1
+    r = client.chat.completions.create(model="m", messages=CHAT, tools=TOOLS, tool_choice="required", seed=0,
+                                       parallel_tool_calls=False, temperature=1.0, logit_bias=bias)
+    assert r.choices[0].finish_reason == "tool_calls" and len(r.choices[0].message.tool_calls) == 1
+
+
+@pytest.mark.parametrize("choice", ["required", "auto"])
+def test_streamed_tool_calls_assemble_to_the_non_streamed_ones(llm, client, choice):
+    for seed in range(2):
+        kw = dict(model="m", messages=CHAT, tools=TOOLS, tool_choice=choice, temperature=1.0, seed=seed,
+                  logit_bias=brace_bias(llm, ("{", 100)) if choice == "auto" else None,
+                  parallel_tool_calls=choice == "auto")
+        whole = client.chat.completions.create(**kw).choices[0]
+        parts = streamed(client, **kw).choices[0]
+        assert whole.finish_reason == parts.finish_reason == "tool_calls"
+        assert check_calls(parts.message.tool_calls) == check_calls(whole.message.tool_calls)
+        assert [c.index for c in parts.message.tool_calls] == list(range(len(whole.message.tool_calls)))
+
+
+# -- the prompt -----------------------------------------------------------------------------
+
+def test_a_follow_up_with_the_tools_result_renders_in_the_built_in_format():
+    spec = parse_tools(TOOLS[:1])
+    messages = [{"role": "developer", "content": "Be brief."}, CHAT[0],
+                {"role": "assistant", "content": None, "tool_calls": [{
+                    "id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'}]
+    text = "".join(render(messages, "gemma", tools=spec))
+    defs = "[\n" + json.dumps({"name": "get_weather", "description": "Current weather in a city",
+                               "parameters": WEATHER}) + "\n]"
+    assert text == (
+        "<bos><start_of_turn>user\nBe brief.\n\n"
+        "You have access to functions. If you decide to invoke any of the function(s),\n"
+        "you MUST put it in the format of\n"
+        '{"name": function name, "parameters": dictionary of argument name and its value}\n'
+        "To call several functions at once, put the calls in a JSON list: [{...}, {...}]\n"
+        "You SHOULD NOT include any other text in the response if you call a function\n"
+        f"{defs}\n\nWhat is the weather in Paris?<end_of_turn>\n"
+        '<start_of_turn>model\n{"name": "get_weather", "parameters": {"city": "Paris", "unit": "celsius"}}'
+        "<end_of_turn>\n"
+        '<start_of_turn>user\n```tool_output\n{"temp": 21}\n```<end_of_turn>\n'
+        "<start_of_turn>model\n")
+
+
+def test_the_server_renders_the_follow_up_and_answers(llm, client):
+    messages = [CHAT[0], {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
+        "name": "add", "arguments": '{"a": 1, "b": 2}'}}]}, {"role": "tool", "tool_call_id": "c", "content": "3"}]
+    r = client.chat.completions.create(model="m", messages=messages, tools=TOOLS, max_tokens=4, temperature=0)
+    assert r.usage.prompt_tokens == len(llm.chat_prompt(messages, tools=parse_tools(TOOLS)).tokens)
+
+
+TOOL_TEMPLATE = ("{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}{{ '\\n' }}{% endif %}"
+                 "{% for m in messages %}{{ m.role }}: {% if m.tool_calls %}{% for c in m.tool_calls %}"
+                 "{{ c.function.name }}{{ c.function.arguments | tojson }}{% endfor %}{% else %}{{ m.content }}"
+                 "{% endif %}{{ '\\n' }}{% endfor %}")
+
+
+def test_a_template_that_renders_tools_gets_them_and_others_the_built_in_prompt():
+    spec = parse_tools(TOOLS)
+    assert template_supports_tools(TOOL_TEMPLATE)
+    msgs = [CHAT[0], {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
+        "name": "add", "arguments": '{"a": 1, "b": 2}'}}]}, {"role": "tool", "content": "3"}]
+    assert "".join(render(msgs, TOOL_TEMPLATE, tools=spec)) == (
+        'TOOLS:get_weather;add;\nuser: What is the weather in Paris?\nassistant: add{"a": 1, "b": 2}\ntool: 3\n')
+    plain = "{% for m in messages %}{{ m.role }}: {{ m.content }}{{ '\\n' }}{% endfor %}"
+    assert not template_supports_tools(plain)
+    text = "".join(render(msgs, plain, tools=spec))
+    assert text.startswith("system: You have access to functions.") and "```tool_output\n3\n```" in text
+    assert 'assistant: {"name": "add", "parameters": {"a": 1, "b": 2}}' in text
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, param, words", [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {"zip": {"type": "string", "pattern": "[0-9]+"}}}}}},
+     "response_format", ["'pattern'", "#/properties/zip"]),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format", ["schema"]),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"format": "email",
+                                                                                        "type": "string"}}}},
+     "response_format", ['"email"']),
+    ({"tools": {"type": "function"}}, "tools", ["array"]),
+    ({"tools": [{"type": "function"}]}, "tools[0]", ["function"]),
+    ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name", ["letters"]),
+    ({"tools": [TOOLS[1], TOOLS[1]]}, "tools[1].function.name", ["twice"]),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
+     "tools[0].function.parameters", ["object"]),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "array", "uniqueItems": True}}}}}]},
+     "tools[0].function.parameters", ["'uniqueItems'", "#/properties/x"]),
+    ({"tools": TOOLS, "tool_choice": "always"}, "tool_choice", ["required"]),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", ["nope"]),
+    ({"tool_choice": "required"}, "tool_choice", ["tools"]),
+    ({"tools": TOOLS, "parallel_tool_calls": "yes"}, "parallel_tool_calls", ["true or false"]),
+    ({"messages": [CHAT[0], {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
+        "name": "add", "arguments": "{not json"}}]}]}, "messages", ["messages[1].tool_calls[0].function.arguments"]),
+    ({"messages": [CHAT[0], {"role": "assistant", "tool_calls": "add"}]}, "messages", ["messages[1].tool_calls"]),
+])
+def test_unsupported_keywords_and_malformed_tools_are_400_naming_the_field(base, extra, param, words):
+    r = httpx.post(base + "/v1/chat/completions", json={"messages": CHAT, "max_tokens": 2, **extra}, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error"
+    for w in words:
+        assert w in err["message"], err["message"]
+
+
+def test_schema_errors_on_the_other_endpoints(base):
+    bad = {"type": "string", "pattern": "x"}
+    r = httpx.post(base + "/completion", json={"prompt": "x", "json_schema": bad})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "json_schema" and "'pattern'" in r.text
+    r = httpx.post(base + "/v1/completions", json={"prompt": "x", "response_format": {
+        "type": "json_schema", "json_schema": {"name": "s", "schema": bad}}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"

@@ -229,6 +229,7 @@ SCHEMAS = [
     {"type": "array", "items": {"enum": ["red", "green", 1, 10, None]}, "maxItems": 3},
     {"type": "string", "format": "date-time"},
     {"anyOf": [{"type": "string", "minLength": 2}, {"type": "array", "items": {"type": "number"}}]},
+    {"anyOf": [{"type": "string", "maxLength": 3}, {"enum": ["abcdef", "ab", "na"]}]},
 ]
 
 

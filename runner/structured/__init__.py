@@ -1,6 +1,7 @@
 """Structured output: JSON Schema and tool calls, guaranteed by the decoder.
 
-    schema.py      JSON Schema -> Grammar (nodes), SchemaError for what is not supported
+    schema.py      JSON Schema -> Grammar, SchemaError for what is not supported
+    grammar.py     the Grammar: nodes, and the tables the automaton reads
     formats.py     the date/time/uuid formats as small regular expressions; bounded numbers
     automaton.py   the grammar's pushdown automaton over the output's bytes
     vocab.py       the vocabulary as the automaton reads it; valid tokens without a 262k loop

@@ -62,25 +62,25 @@ class Bound:
         if m.can_end(state) and not m.done(state):
             stops = v.stop_ids[logits[v.stop_ids] > -np.inf]
             if len(stops):
-                ids = _top(np.concatenate([ids, stops]), logits, want)
+                ids = top_ids(np.concatenate([ids, stops]), logits, want)
         return ids, nexts
 
     def _valid(self, state: State, logits: np.ndarray, want: int) -> tuple[np.ndarray, dict[int, State]]:
         m = self.machine
         if state in self._exact:
             ids, nexts = self._exact[state]
-            return _top(ids, logits, want), nexts
+            return top_ids(ids, logits, want), nexts
         top = m.in_string(state)
         chars = None if top is not None and _room(m, top) != 0 else m.allowed(state)
         if chars is not None:
             ids, nexts = self.exact(state)
-            return _top(ids, logits, want), nexts
+            return top_ids(ids, logits, want), nexts
         if top is not None:
             return self.vocab.best_in_string(m, state, _room(m, top), logits, want)
         # alternatives, one of them inside a string: the best of each, then the best of all
         # (a token valid in several takes its next state from the whole state when chosen)
         parts = [self._valid(frozenset({cfg}), logits, want)[0] for cfg in state]
-        return _top(np.unique(np.concatenate(parts)), logits, want), {}
+        return top_ids(np.unique(np.concatenate(parts)), logits, want), {}
 
     def next_state(self, state: State, tok: int, known: dict[int, State]) -> State | None:
         nxt = known.get(tok)
@@ -96,7 +96,7 @@ def _room(m: Machine, top: tuple) -> int | None:
     return None if n.max_len is None else n.max_len - top[2]
 
 
-def _top(ids: np.ndarray, logits: np.ndarray, want: int) -> np.ndarray:
+def top_ids(ids: np.ndarray, logits: np.ndarray, want: int) -> np.ndarray:
     """The `want` ids of highest logit (never -inf), best first."""
     if not len(ids):
         return ids

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .automaton import State
-from .constraint import Bound, SchemaConstraint, _top
+from .constraint import Bound, SchemaConstraint, top_ids
 from .schema import SchemaError, compile_schema
 from .vocab import TokenVocab
 
@@ -296,7 +296,7 @@ class ToolConstraint:
             valid, nexts = self.calls.exact(self.calls.start())
             valid = valid[~v.blank[valid]]
             self._call_starts = nexts
-            ids = _top(np.concatenate([ids, valid]), logits, want)
+            ids = top_ids(np.concatenate([ids, valid]), logits, want)
         return ids, logits[ids]
 
     def advance(self, tok: int) -> None:
@@ -339,7 +339,7 @@ def best_where(logits: np.ndarray, mask: np.ndarray | None, want: int) -> np.nda
         if len(cand) >= want or gap == np.inf:
             break
         gap = gap * 4 if gap < 128 else np.inf
-    return _top(cand, logits, want)
+    return top_ids(cand, logits, want)
 
 
 # -- reading the calls back ---------------------------------------------------------------------

@@ -227,9 +227,10 @@ class Engine:
             raise g.error
 
     def can_draft(self, g: Generation) -> bool:
-        """Does `g` decode greedily, in a way drafting reproduces exactly?"""
-        return self.config.draft_max > 1 and g.params.greedy and g.constraint is None and \
-            self.W.token_embd.w is not None
+        """Does `g` decode greedily, in a way drafting reproduces exactly? (A constrained
+        reply drafts too: each position still chooses under the constraint from its full
+        logits, and the guesses, made without it, are only kept where it chose them.)"""
+        return self.config.draft_max > 1 and g.params.greedy and self.W.token_embd.w is not None
 
     def _draft_vocab(self, g: Generation) -> DraftVocab:
         if self._draft is None:

@@ -235,3 +235,22 @@ def test_frequent_pieces_cover_punctuation_digits_and_whitespace(llm):
     pieces = {tok.token_text(i) for i in ids}
     assert {".", ",", "0", "1", ":", "(", "e", "\n", "\n\n", "▁the", "▁and"} <= pieces
     assert not any(tok.is_control(i) for i in ids)
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 30},
+                                      "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 4},
+                                      "born": {"type": "string", "format": "date"}},
+     "required": ["name", "tags", "born"], "additionalProperties": False},
+    {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 999}, "maxItems": 12},
+])
+def test_a_constrained_greedy_reply_drafts_and_equals_undrafted(llm, schema):
+    """Guesses made without the constraint are kept only where it chose them: the text is
+    exactly the undrafted constrained text, and most guesses are right."""
+    make = llm.structured().constraint(schema)
+    ids = llm.tokenize("Here is the record, written as JSON:\n")
+    plain, r0, _ = run(llm, ids, 0, n=120, constraint=make())
+    drafted, r1, _ = run(llm, ids, llm.engine.config.draft_max, n=120, constraint=make())
+    assert drafted == plain and r1.stop == r0.stop
+    assert r1.draft_n and r1.draft_accepted > 0.5 * r1.draft_n
+

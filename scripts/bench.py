@@ -6,6 +6,8 @@
     python scripts/bench.py --binary        # start-up of dist/<model>.llamafile to its first token
     python scripts/bench.py --server        # aggregate tokens/s for 1, 4 and 8 concurrent streams
     python scripts/bench.py --vision        # one image through a full-size SigLIP
+    python scripts/bench.py --structured    # JSON Schema: compile times, decode with and without
+                                            # a constraint (scripts/bench_structured.py)
     python scripts/bench.py --geometry 1b,4b,27b   # random-weight files at the seed models' sizes,
                                             # load, peak RSS, prefill, decode beside llama.cpp
                                             # (scripts/bench_geometry.py, scripts/geometry.py)
@@ -240,6 +242,8 @@ def main() -> int:
     ap.add_argument("--binary", action="store_true", help="only: start-up of the packed executable")
     ap.add_argument("--server", action="store_true", help="only: server throughput with 1, 4, 8 streams")
     ap.add_argument("--vision", action="store_true", help="only: one image through a full-size SigLIP")
+    ap.add_argument("--structured", action="store_true",
+                    help="only: schema compile times, decode tok/s with and without a JSON Schema constraint")
     ap.add_argument("--geometry", metavar="SIZES",
                     help="only: comma-separated sizes (1b, 4b, 12b, 27b, or e.g. 4b:q6_k) at real geometry")
     ap.add_argument("--ours", choices=["auto", "always", "never"], default="auto",
@@ -269,7 +273,7 @@ def main() -> int:
         print(f"bench: {a.model} not found (run scripts/setup.sh)", file=sys.stderr)
         return 1
     sections = a.only.split(",")
-    if a.binary or a.server or a.vision or geometry:
+    if a.binary or a.server or a.vision or a.structured or geometry:
         sections = []
     if geometry:
         from bench_geometry import bench_geometry
@@ -285,6 +289,10 @@ def main() -> int:
         sys.path.insert(0, str(ROOT / "scripts"))
         from bench_vision import bench_vision
         bench_vision()
+    if a.structured:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from bench_structured import bench_structured
+        bench_structured(a.model, a.threads, a.gen_tokens or 128)
     if "gguf" in sections:
         bench_gguf(a.model)
     if "quants" in sections:

@@ -4,11 +4,13 @@ The reference for every output is the library: `llm.complete` (or `llm.chat`) wi
 same prompt and settings must give exactly what --cli prints after the prompt."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +72,24 @@ def test_chat_template_sends_the_prompt_as_a_user_turn(llm):
     assert out(p) == q + "\n" + llm.chat([{"role": "user", "content": q}], max_tokens=8, temperature=0)
 
 
+def test_json_schema_output_is_the_librarys_and_validates(llm, tmp_path):
+    """--json-schema / --json-schema-file: the completion is JSON the schema accepts, as
+    llm.complete gives it with the same schema."""
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                               "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+              "required": ["name", "age"], "additionalProperties": False}
+    prompt = "A person, as JSON:\n"
+    want = llm.complete(prompt, max_tokens=64, temperature=0, json_schema=schema)
+    assert llm.stats.finish_reason == "stop"
+    jsonschema.validate(json.loads(want), schema)
+    f = tmp_path / "person.json"
+    f.write_text(json.dumps(schema))
+    for flag in (["-j", json.dumps(schema)], ["--json-schema-file", str(f)]):
+        p = cli("--cli", "-p", prompt, "-n", "64", "--temp", "0", "--no-display-prompt", *flag)
+        assert p.returncode == 0, err(p)
+        assert out(p) == want and "ended by the end of the constrained output" in err(p)
+
+
 def test_n_zero_prints_only_the_prompt():
     p = cli("--cli", "-p", PROMPT, "-n", "0", "--log-disable")
     assert p.returncode == 0 and out(p) == PROMPT and p.stderr == b""
@@ -94,6 +114,10 @@ def test_prompt_too_long_for_the_context():
     (["--cli", "-f", "/"], None, 1, "directory"),
     (["--cli", "--chat-template", "{% if %}", "-p", "x"], None, 2, "--chat-template"),
     (["--cli", "-m", "/nonexistent/model.gguf", "-p", "x"], None, 1, "no such file"),
+    (["--cli", "-p", "x", "-j", '{"type": "string", "pattern": "a+"}'], None, 2, "keyword 'pattern'"),
+    (["--cli", "-p", "x", "--json-schema", "{not json"], None, 2, "--json-schema: not valid JSON"),
+    (["--cli", "-p", "x", "-jf", "/nonexistent/schema.json"], None, 1, "--json-schema-file: /nonexistent"),
+    (["--cli", "-p", "x", "-j", "{}", "-jf", "s.json"], None, 2, "use one of them"),
 ])
 def test_user_errors_are_one_line_and_a_status(argv, stdin, status, needle):
     p = cli(*argv, stdin=stdin)

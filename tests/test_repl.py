@@ -5,6 +5,7 @@ References: the library (`llm.complete`, `llm.chat`) gives each reply the REPL m
 /dump shows the exact text the model read; /stats shows how much the cache saved."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -15,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from runner.modes.conversation import Conversation, sync_cache, warm_cache
@@ -316,6 +318,28 @@ def test_raw_mode_reverse_prompt_keeps_the_stop_string(llm, tmp_path):
     p = piped(["-p", start, "-e", "-r", "User:", "-n", "24", "--log-disable"], q + "\n/dump\n", tmp_path)
     assert p.returncode == 0, p.stderr
     assert f"<bos>{start} {q}{want}User: " in p.stdout
+
+
+def test_json_schema_makes_every_reply_json(llm, tmp_path):
+    """--json-schema in the chat: each reply is JSON the schema accepts (the first one as
+    llm.chat gives it), and the conversation goes on."""
+    schema = {"type": "object", "properties": {"animal": {"type": "string", "maxLength": 16},
+                                               "legs": {"type": "integer", "minimum": 0, "maximum": 8}},
+              "required": ["animal", "legs"], "additionalProperties": False}
+    q = "Describe a cat."
+    want = llm.chat([{"role": "user", "content": q}], max_tokens=100, temperature=0, json_schema=schema)
+    p = piped(["--chat-template", "gemma", "-j", json.dumps(schema), "-n", "100", "--log-disable"],
+              f"{q}\nAnd a spider?\n", tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "every reply is JSON" in p.stdout
+    replies, dec, at = [], json.JSONDecoder(), p.stdout.find("{")
+    while at >= 0:
+        value, end = dec.raw_decode(p.stdout, at)
+        replies.append((p.stdout[at:end], value))
+        at = p.stdout.find("{", end)
+    assert len(replies) == 2 and replies[0][0] == want
+    for _, value in replies:
+        jsonschema.validate(value, schema)
 
 
 def test_bad_system_prompt_file_and_template(tmp_path):

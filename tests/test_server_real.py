@@ -33,3 +33,30 @@ def test_json_object_output_parses(client):
             assert isinstance(json.loads(text), dict)
         else:
             assert text.lstrip().startswith("{")
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
+                                                    "unit": {"enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+
+
+def test_tool_calls_on_the_real_model_parse_and_validate(client):
+    """The built-in Gemma tool prompt on the real model: a required call names the tool
+    and its arguments validate; the streamed reply assembles to the same call."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    import jsonschema
+    messages = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+    kw = dict(model="m", messages=messages, tools=[WEATHER_TOOL], tool_choice="required", temperature=0,
+              max_tokens=64)
+    r = client.chat.completions.create(**kw)
+    assert r.choices[0].finish_reason == "tool_calls"
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER_TOOL["function"]["parameters"])
+    state = ChatCompletionStreamState()
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        state.handle_chunk(chunk)
+    (again,) = state.current_completion_snapshot.choices[0].message.tool_calls
+    assert (again.function.name, again.function.arguments) == (call.function.name, call.function.arguments)

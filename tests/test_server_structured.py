@@ -167,17 +167,22 @@ def test_parallel_calls_come_as_a_list_unless_turned_off(llm, client):
     assert r.choices[0].finish_reason == "tool_calls" and len(r.choices[0].message.tool_calls) == 1
 
 
-@pytest.mark.parametrize("choice", ["required", "auto"])
-def test_streamed_tool_calls_assemble_to_the_non_streamed_ones(llm, client, choice):
-    for seed in (5,):
-        kw = dict(model="m", messages=CHAT, tools=TOOLS, tool_choice=choice, temperature=1.0, seed=seed,
-                  logit_bias=brace_bias(llm, ("{", 100)) if choice == "auto" else None,
-                  parallel_tool_calls=choice == "auto")
-        whole = client.chat.completions.create(**kw).choices[0]
-        parts = streamed(client, **kw).choices[0]
-        assert whole.finish_reason == parts.finish_reason == "tool_calls"
-        assert check_calls(parts.message.tool_calls) == check_calls(whole.message.tool_calls)
-        assert [c.index for c in parts.message.tool_calls] == list(range(len(whole.message.tool_calls)))
+@pytest.mark.parametrize("choice, push", [("required", False), ("auto", True), ("auto", False)])
+def test_streamed_replies_assemble_to_the_non_streamed_ones(llm, client, choice, push):
+    """Calls (and, with auto, text) arrive in a stream as the openai package assembles
+    them into the same reply as a non-streamed request with the same seed."""
+    kw = dict(model="m", messages=CHAT, tools=TOOLS, tool_choice=choice, temperature=1.0, seed=5,
+              logit_bias=brace_bias(llm, ("{", 100)) if push else None, parallel_tool_calls=choice == "auto",
+              max_tokens=60 if choice == "auto" and not push else None)
+    whole = client.chat.completions.create(**kw).choices[0]
+    parts = streamed(client, **kw).choices[0]
+    assert whole.finish_reason == parts.finish_reason
+    if choice == "auto" and not push:
+        assert not whole.message.tool_calls and parts.message.content == whole.message.content
+        return
+    assert whole.finish_reason == "tool_calls"
+    assert check_calls(parts.message.tool_calls) == check_calls(whole.message.tool_calls)
+    assert [c.index for c in parts.message.tool_calls] == list(range(len(whole.message.tool_calls)))
 
 
 # -- the prompt -----------------------------------------------------------------------------

@@ -42,7 +42,7 @@ class Job:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None           # None: no log-probabilities; n: with the top n
-    constraint: Callable[[], Constraint] | None = None   # a fresh constraint per run (JSON mode)
+    constraint: Callable[[], Constraint] | None = None   # a fresh constraint per run (schemas, tools)
     progress: bool = False                # report prefill progress events
     prompt_logprobs: int | None = None    # also score the prompt's tokens (echo + logprobs)
 

@@ -167,6 +167,24 @@ def test_parallel_calls_come_as_a_list_unless_turned_off(llm, client):
     assert r.choices[0].finish_reason == "tool_calls" and len(r.choices[0].message.tool_calls) == 1
 
 
+def test_tools_beside_a_response_format_give_calls_or_that_json(client):
+    """tool_choice auto with a json_schema response_format: the reply is calls, or a
+    value of the response schema (read once it is complete)."""
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 10}},
+              "required": ["answer"], "additionalProperties": False}
+    rf = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    for seed in range(3):
+        for stream in (False, True):
+            kw = dict(model="m", messages=CHAT, tools=TOOLS, response_format=rf, temperature=1.0, seed=seed,
+                      parallel_tool_calls=False)
+            r = (streamed(client, **kw) if stream else client.chat.completions.create(**kw)).choices[0]
+            if r.message.tool_calls:
+                assert r.finish_reason == "tool_calls" and check_calls(r.message.tool_calls)
+            else:
+                assert r.finish_reason == "stop"
+                jsonschema.validate(json.loads(r.message.content), schema)
+
+
 @pytest.mark.parametrize("choice, push", [("required", False), ("auto", True), ("auto", False)])
 def test_streamed_replies_assemble_to_the_non_streamed_ones(llm, client, choice, push):
     """Calls (and, with auto, text) arrive in a stream as the openai package assembles

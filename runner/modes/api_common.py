@@ -350,11 +350,12 @@ async def request_job(state: State, f: Fields, prompt: Prompt, limit: int | None
 
 def response_schema(f: Fields) -> Any:
     """The schema the output must follow: OpenAI's response_format (json_object: any
-    object; json_schema: its schema), else llama.cpp's `json_schema`; None: free text."""
+    object, or llama.cpp's extension {"type": "json_object", "schema": ...}; json_schema:
+    its schema), else llama.cpp's `json_schema`; None: free text."""
     rf = f.obj("response_format") or {}
     kind = rf.get("type", "text")
     if kind == "json_object":
-        return {"type": "object"}
+        return rf.get("schema", {"type": "object"})
     if kind == "json_schema":
         js = rf.get("json_schema")
         if not isinstance(js, dict):

@@ -52,6 +52,8 @@ def corpus_replies(llm):
                 raise g.error
             out[running.pop(g)] = (g.result.text, g.result.finish_reason)
             free.append(g.engine)
+            if len(out) % 20 == 0:                  # a long run says where it is (with -s)
+                print(f"  corpus: {len(out)}/{2 * len(CORPUS)} replies, {time.perf_counter() - t0:.0f} s", flush=True)
     out["_seconds"] = time.perf_counter() - t0
     return out
 

@@ -274,8 +274,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 # -- the decoding loop ------------------------------------------------------------------------
 
-def step(gens: list[Generation], chunk: int | None = None,
-         draft: bool = True) -> Iterator[tuple[Generation, Token | Progress]]:
+def step(gens: list[Generation], chunk: int | None = None, draft: bool = True,
+         stopped: Callable[[], bool] | None = None) -> Iterator[tuple[Generation, Token | Progress]]:
     """One turn of a batch of generations, each on its own engine over the same weights:
 
     1. the first generation still reading its prompt reads one chunk (`chunk` tokens);
@@ -286,8 +286,10 @@ def step(gens: list[Generation], chunk: int | None = None,
        product of the output matrix.
 
     Events are yielded as they happen. Closing the iterator between them leaves every
-    cache consistent with what its generation emitted. An exception from one generation
-    ends it (`error`); one from a batched evaluation ends the batch."""
+    cache consistent with what its generation emitted; so does `stopped()` turning true
+    during a drafted round (checked between its positions: the round is dropped). An
+    exception from one generation ends it (`error`); one from a batched evaluation ends
+    the batch."""
     reader = next((g for g in gens if g.phase is Phase.READ), None)
     if reader is not None:
         try:
@@ -311,7 +313,7 @@ def step(gens: list[Generation], chunk: int | None = None,
         return
     reading = any(g.phase is Phase.READ for g in gens)      # a prompt waits: no long rounds
     if draft and not reading and all(g.engine.can_draft(g) for g in ready):
-        yield from _draft_round(ready)
+        yield from _draft_round(ready, stopped)
         return
     t = time.perf_counter()
     try:
@@ -325,7 +327,8 @@ def step(gens: list[Generation], chunk: int | None = None,
         g.evaluated(row, dt)
 
 
-def _draft_round(gens: list[Generation]) -> Iterator[tuple[Generation, Token]]:
+def _draft_round(gens: list[Generation], stopped: Callable[[], bool] | None = None
+                 ) -> Iterator[tuple[Generation, Token]]:
     """Greedy decoding of `gens` (in EVAL) for a few positions, exact (draft.py). Each
     position runs the layers for every generation's input, then guesses its next token
     from the draft vocabulary and feeds that in; one product of the output matrix then
@@ -347,6 +350,8 @@ def _draft_round(gens: list[Generation]) -> Iterator[tuple[Generation, Token]]:
         t0 = time.perf_counter()
         xs, guesses, states = [g.next_input for g in gens], [[] for _ in gens], []
         for _ in range(n):
+            if stopped is not None and stopped():
+                return                                                    # nothing chosen yet: drop it
             h = decode_batch(engines, xs, output=False)                   # [B, d]
             states.append(h)
             xs = [dv.guess(h[i], g.params, g.ids + guesses[i]) for i, (dv, g) in enumerate(zip(vocabs, gens))]

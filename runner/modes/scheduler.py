@@ -85,7 +85,8 @@ class Scheduler:
 
     def _turn(self) -> None:
         jobs = {r.gen: r for r in self.active}
-        events = step(list(jobs), PREFILL_CHUNK, draft=self.inbox.empty())
+        events = step(list(jobs), PREFILL_CHUNK, draft=self.inbox.empty(),
+                      stopped=lambda: any(r.cancel.is_set() for r in self.active))
         with closing(events):                             # a drafted round cuts its cache back
             for g, event in events:
                 r = jobs[g]

@@ -30,7 +30,7 @@ from ..generation import Generation, Result, Stop, rate
 from ..sampling import Constraint, SamplingParams
 from .scheduler import Running, Scheduler
 
-POLL_S = 0.5                 # how often a waiting non-streaming request checks its client
+POLL_S = 0.1                 # how often a non-streaming request checks that its client is there
 
 
 @dataclass
@@ -234,6 +234,7 @@ class SlotPool:
         self.scheduler.submit(Running(job.start(slot.engine), emit, cancel, finish, job.progress,
                                       job.prompt_logprobs))
         try:
+            check_at = time.monotonic() + POLL_S
             while True:
                 if disconnected is None:
                     event = await queue.get()
@@ -241,8 +242,14 @@ class SlotPool:
                     try:
                         event = await asyncio.wait_for(queue.get(), POLL_S)
                     except asyncio.TimeoutError:
+                        event = None
+                    # why: a client can leave while tokens flow (a non-streaming request
+                    # hears of it only when asked), so ask at least every POLL_S
+                    if time.monotonic() >= check_at:
                         if await disconnected():
                             return
+                        check_at = time.monotonic() + POLL_S
+                    if event is None:
                         continue
                 yield event
                 if event[0] in ("done", "error"):

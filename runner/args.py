@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--draft-max", "--draft", type=_nonneg_int, default=8, metavar="N",
                        help="greedy decoding guesses up to N tokens ahead from a small vocabulary "
                             "and checks them in one pass (same text, faster; default 8; 0 = off)")
+    model.add_argument("--context-shift", action="store_true",
+                       help="when generation fills the context, drop the older half of it (after "
+                            "--keep tokens) and go on, instead of stopping")
+    model.add_argument("--keep", type=int, default=0, metavar="N",
+                       help="tokens after BOS a context shift keeps (default 0; -1 = the whole prompt)")
     model.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=None, metavar="N",
                        help="accepted for compatibility; this build runs on the CPU")
 
@@ -155,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
+    if args.keep < -1:
+        p.error(f"argument --keep: expected -1 or a number >= 0, got {args.keep}")
     if args.n_predict < -1:
         p.error(f"argument -n/--n-predict: expected -1 or a number >= 0, got {args.n_predict}")
     if args.prompt is not None and args.file is not None:
@@ -174,7 +181,8 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(n_ctx=args.ctx_size, n_batch=args.batch_size, draft_max=args.draft_max)
+    return EngineConfig(n_ctx=args.ctx_size, n_batch=args.batch_size, draft_max=args.draft_max,
+                        context_shift=args.context_shift, n_keep=args.keep)
 
 
 def unescape(text: str) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from contextlib import closing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -29,7 +29,7 @@ import numpy as np
 from . import model as M
 from .cache import make_caches
 from .draft import DraftVocab
-from .generation import Generation, Phase, Progress, Result, Token, token_logprobs
+from .generation import Generation, Phase, Progress, Prompt, Result, Token, token_logprobs
 from .sampling import Constraint, SamplingParams
 
 
@@ -37,37 +37,13 @@ class ContextError(ValueError):
     """A prompt that does not fit the context."""
 
 
-@dataclass
-class ImageSlot:
-    start: int                 # index of the first soft token in the prompt
-    embeds: np.ndarray         # [n, d] float32, exactly as they enter the text model
-    key: int                   # content hash: equal images reuse the cache
-
-
-@dataclass
-class Prompt:
-    tokens: list[int]          # image slots hold a placeholder id (ignored)
-    images: list[ImageSlot] = field(default_factory=list)
-
-    def ids(self) -> list[int]:
-        """What the cache records for each position: the token id, or for an image's soft
-        tokens a negative number from the image's hash and the row (so prefix reuse sees
-        equal images as equal and different ones as different)."""
-        ids = list(self.tokens)
-        for im in self.images:
-            base = -(1 + (im.key % (1 << 40)) * 4096)
-            ids[im.start:im.start + len(im.embeds)] = range(base, base - len(im.embeds), -1)
-        return ids
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-
 @dataclass(frozen=True)
 class EngineConfig:
     n_ctx: int = 8192          # context size in tokens (0: the model's trained maximum)
     n_batch: int = 512         # prompt tokens evaluated in one pass
     draft_max: int = 8         # greedy drafting: positions checked per round (0 or 1: off)
+    context_shift: bool = False  # a full context drops its older half and goes on (Generation)
+    n_keep: int = 0            # tokens after BOS a shift keeps (-1: the whole prompt)
 
 
 class Engine:
@@ -370,7 +346,7 @@ def _draft_round(gens: list[Generation], stopped: Callable[[], bool] | None = No
                     if tok.id >= 0:
                         dv.add([tok.id])
                     yield g, tok
-                if g.done:
+                if g.phase is not Phase.EVAL:     # it ended, or shifted its context
                     break
                 hit = g.next_input == guesses[i][j]
                 g.result.draft_n += 1

@@ -16,7 +16,7 @@ engine it runs on owns the KV cache and the weights.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
@@ -24,7 +24,33 @@ import numpy as np
 from .sampling import Constraint, SamplingParams, log_softmax, sample
 
 if TYPE_CHECKING:
-    from .engine import Engine, Prompt
+    from .engine import Engine
+
+
+@dataclass
+class ImageSlot:
+    start: int                 # index of the first soft token in the prompt
+    embeds: np.ndarray         # [n, d] float32, exactly as they enter the text model
+    key: int                   # content hash: equal images reuse the cache
+
+
+@dataclass
+class Prompt:
+    tokens: list[int]          # image slots hold a placeholder id (ignored)
+    images: list[ImageSlot] = field(default_factory=list)
+
+    def ids(self) -> list[int]:
+        """What the cache records for each position: the token id, or for an image's soft
+        tokens a negative number from the image's hash and the row (so prefix reuse sees
+        equal images as equal and different ones as different)."""
+        ids = list(self.tokens)
+        for im in self.images:
+            base = -(1 + (im.key % (1 << 40)) * 4096)
+            ids[im.start:im.start + len(im.embeds)] = range(base, base - len(im.embeds), -1)
+        return ids
+
+    def __len__(self) -> int:
+        return len(self.tokens)
 
 
 class Stop(enum.Enum):
@@ -61,10 +87,16 @@ class Result:
     stopping_word: str = ""     # the stop string that ended it (Stop.WORD)
     text: str = ""
     slot: int = 0               # the server slot (engine) that ran it
+    shifts: int = 0             # times the full context was shifted (EngineConfig.context_shift)
 
     @property
     def finish_reason(self) -> str:
         return self.stop.finish_reason if self.stop else ""
+
+    @property
+    def truncated(self) -> bool:
+        """Did the context run out (llama-server's `truncated`): shifted, or full at the end?"""
+        return self.shifts > 0 or self.stop is Stop.CONTEXT
 
     @property
     def prefill_tok_s(self) -> float:
@@ -128,6 +160,7 @@ class Generation:
         self.next_input: int | None = None      # the token to evaluate, in EVAL
         self.error: Exception | None = None
         self._reading: Iterator | None = None   # the engine's prefill_chunks, in READ
+        self._reread: Result | None = None      # after a context shift: that prefill's numbers
 
     @property
     def done(self) -> bool:
@@ -139,15 +172,19 @@ class Generation:
         """Evaluate one chunk of the prompt (at most `chunk` tokens); the first call also
         finds the cached prefix. Progress after each; the prompt read, the phase is CHOOSE."""
         first = self._reading is None
+        into = self._reread or self.result
         if first:
-            self._reading = self.engine.prefill_chunks(self.prompt, self.result, chunk=chunk)
+            self._reading = self.engine.prefill_chunks(self.prompt, into, chunk=chunk)
         for _ in range(2 if first else 1):
             done, total, logits = next(self._reading)
-            yield Progress(done, total, self.result.cached_tokens)
+            yield Progress(done, total, into.cached_tokens)
             if done == total:
                 self._reading.close()
                 self._reading = None
                 self.logits, self.phase = logits, Phase.CHOOSE
+                if self._reread is not None:            # a shift's recomputation is decoding time
+                    self.result.decode_s += self._reread.prefill_s
+                    self._reread = None
                 if self.max_tokens == 0:
                     self._finish(Stop.LIMIT)
                 return
@@ -180,13 +217,32 @@ class Generation:
         elif self.max_tokens is not None and 0 <= self.max_tokens <= st.generated_tokens:
             self._finish(Stop.LIMIT)
         elif evaluated + 1 >= self.engine.n_ctx:
-            self._finish(Stop.CONTEXT)
+            if self.engine.config.context_shift and not self.prompt.images:
+                self._shift()
+            else:
+                self._finish(Stop.CONTEXT)
         if self.done and word is None:
             text, self.pending = text + self.pending + self.decoder.flush(), ""
         st.text += text
-        if not self.done:
+        if self.phase is Phase.CHOOSE:
             self.next_input, self.phase = tok, Phase.EVAL
         return Token(tok, text, lp, top)
+
+    def _shift(self) -> None:
+        """The context is full: keep the first n_keep tokens (--keep; -1: the prompt; BOS
+        always), drop the older half of the rest, and read what is kept again (READ), as
+        llama-server's --context-shift does. why recompute: the kept tokens move to new
+        positions, and RoPE makes their cached keys position-dependent; recomputing gives
+        exactly a fresh run over the kept text (the first n_keep stay cached)."""
+        n = len(self.ids) - 1                   # positions held; the last token awaits them
+        keep = self.engine.config.n_keep
+        keep = len(self.prompt.tokens) if keep < 0 else keep + 1
+        keep = min(keep, self.engine.n_ctx - 4)
+        drop = max(0, min((n - keep) // 2, n - keep - 1))
+        self.ids = self.ids[:keep] + self.ids[keep + drop:]
+        self.prompt = Prompt(list(self.ids))
+        self.phase, self._reread = Phase.READ, Result()
+        self.result.shifts += 1
 
     def evaluated(self, logits: np.ndarray, seconds: float) -> None:
         """The next input was evaluated (in `seconds`, shared with its batch)."""

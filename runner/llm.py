@@ -23,7 +23,8 @@ import numpy as np
 
 from . import model as M
 from .chat import ChatFormat, ImageRef, render, resolve_template
-from .engine import Engine, EngineConfig, ImageSlot, Prompt, Result
+from .engine import Engine, EngineConfig
+from .generation import ImageSlot, Prompt, Result
 from .gguf import GGUFFile
 from .sampling import OPTIONS, SamplingParams
 from .threads import set_blas_threads
@@ -233,8 +234,9 @@ class LLM:
 
 def load(model_path: str | os.PathLike, mmproj: str | os.PathLike | GGUFFile | None = None, n_ctx: int = 8192,
          threads: int | None = None, resident: bool | None = None, offset: int = 0,
-         length: int | None = None, draft_max: int = 8, n_batch: int = 512) -> LLM:
-    """Load a Gemma 3 GGUF (from a file, or a region of one) ready to generate.
-    draft_max: greedy decoding checks up to this many guessed tokens at once (0: off)."""
-    return LLM(GGUFFile(model_path, offset, length), EngineConfig(n_ctx, n_batch, draft_max), threads=threads,
+         length: int | None = None, **config) -> LLM:
+    """Load a Gemma 3 GGUF (from a file, or a region of one) ready to generate. `config`:
+    the rest of EngineConfig (n_batch, draft_max: greedy decoding checks up to this many
+    guessed tokens at once, 0 = off; context_shift, n_keep)."""
+    return LLM(GGUFFile(model_path, offset, length), EngineConfig(n_ctx=n_ctx, **config), threads=threads,
                resident=resident, mmproj=mmproj)

@@ -235,3 +235,16 @@ def test_frequent_pieces_cover_punctuation_digits_and_whitespace(llm):
     pieces = {tok.token_text(i) for i in ids}
     assert {".", ",", "0", "1", ":", "(", "e", "\n", "\n\n", "▁the", "▁and"} <= pieces
     assert not any(tok.is_control(i) for i in ids)
+
+
+@pytest.mark.parametrize("draft_max", [0, 8])
+def test_context_shift_greedy_equals_a_fresh_run_over_the_kept_tokens(model_path, draft_max):
+    """On the real model, greedy (drafted or not) through shifted contexts: what follows
+    the first shift is exactly the greedy continuation of the kept tokens."""
+    import runner
+    from test_engine import shifted_run
+    small = runner.load(model_path, n_ctx=64, draft_max=draft_max, context_shift=True)
+    out, kept, at, _ = shifted_run(small, Prompt(small.tokenize(PROMPTS[0])), GREEDY, 100)
+    fresh = small.engine.spawn()
+    follow = [t.id for t in fresh.generate(Prompt(kept), GREEDY, max_tokens=24, ignore_eos=True) if t.id >= 0]
+    assert out[at:at + 24] == follow

@@ -95,7 +95,8 @@ def run(llm, args) -> int:
         s = llm.stats
         log(f"prompt {s.prompt_tokens} tokens ({s.cached_tokens} cached), {s.prefill_s:.2f} s, "
             f"{s.prefill_tok_s:.1f} tok/s | generated {s.generated_tokens} tokens, {s.decode_s:.2f} s, "
-            f"{s.decode_tok_s:.1f} tok/s | ended by {s.stop.words}")
+            f"{s.decode_tok_s:.1f} tok/s | ended by {s.stop.words}"
+            + (f" ({s.shifts} context shift{'s' * (s.shifts > 1)})" if s.shifts else ""))
     return 0
 
 

@@ -122,9 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--image", metavar="FILE", action="append", default=[],
                         help="an image for the prompt (needs --mmproj); repeatable")
     prompt.add_argument("--chat-template", metavar="NAME|TEMPLATE",
-                        help="'gemma' (built in) or a Jinja chat template string (default: the model "
-                             "file's; a model without one chats in raw completion mode; --cli "
-                             "uses none unless given)")
+                        help="gemma (built in), chatml, llama3, or a Jinja chat template string "
+                             "(default: the model file's; a model without one chats in raw completion "
+                             "mode; --cli uses none unless given)")
+    prompt.add_argument("--chat-template-file", metavar="FILE", help="read the Jinja chat template from FILE")
     prompt.add_argument("--no-display-prompt", "--silent-prompt", dest="no_display_prompt",
                         action="store_true", help="--cli: print only the completion, not the prompt")
 
@@ -166,6 +167,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"argument -n/--n-predict: expected -1 or a number >= 0, got {args.n_predict}")
     if args.prompt is not None and args.file is not None:
         p.error("-p and -f both give the prompt: use one of them")
+    if args.chat_template is not None and args.chat_template_file is not None:
+        p.error("--chat-template and --chat-template-file both give the template: use one of them")
     if args.image and not args.mmproj:
         p.error("--image needs --mmproj FILE (the vision projector)")
     args.mode = "server" if args.server else "cli" if args.cli else "chat"
@@ -209,7 +212,7 @@ class UserError(Exception):
         self.status = status
 
 
-def _read_text(path: str) -> str:
+def read_text(path: str) -> str:
     name = "standard input" if path == "-" else path
     try:
         if path == "-":
@@ -236,7 +239,7 @@ def read_prompt(args: argparse.Namespace, stdin: bool = False) -> str | None:
     if args.prompt is not None:
         text = args.prompt
     elif args.file is not None or (stdin and sys.stdin is not None and not sys.stdin.isatty()):
-        text = _read_text(args.file if args.file is not None else "-")
+        text = read_text(args.file if args.file is not None else "-")
         if text.endswith("\n"):
             text = text[:-1]
     else:

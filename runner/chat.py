@@ -132,14 +132,33 @@ class ChatFormat(NamedTuple):
     warning: str | None = None  # e.g. the file's template does not compile
 
 
+# llama.cpp's names for two common formats (src/llama-chat.cpp), written as Jinja; "gemma"
+# is the built-in format
+NAMED_TEMPLATES = {
+    "chatml": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+    "llama3": "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
+              "{{ m.content | trim }}<|eot_id|>{% endfor %}"
+              "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+}
+TEMPLATE_NAMES = ("gemma", *NAMED_TEMPLATES)
+
+
 def resolve_template(requested: str | None, own: str | None) -> ChatFormat:
-    """Which template a model chats with. `requested` (--chat-template) is "gemma" or a
-    Jinja string, and must compile (ChatError); else the model file's own template `own`,
-    or the built-in Gemma format with a warning if that does not compile; else no chat
-    template (template None: a base model, whose chat in the REPL is raw completion)."""
-    if requested == "gemma":
+    """Which template a model chats with. `requested` (--chat-template) is a name
+    (TEMPLATE_NAMES) or a Jinja string, which must compile (ChatError; so does anything
+    else: a name nobody knows would otherwise become a template that prints itself);
+    else the model file's own template `own`, or the built-in Gemma format with a warning
+    if that does not compile; else no chat template (template None: a base model, whose
+    chat in the REPL is raw completion)."""
+    if requested in ("gemma", "gemma3"):
         return ChatFormat("gemma", "Gemma chat format (--chat-template gemma)")
+    if requested in NAMED_TEMPLATES:
+        return ChatFormat(NAMED_TEMPLATES[requested], f"{requested} chat format (--chat-template {requested})")
     if requested:
+        if "{{" not in requested and "{%" not in requested:
+            raise ChatError(f"unknown chat template {requested[:40]!r}: give one of {', '.join(TEMPLATE_NAMES)}, "
+                            f"a Jinja template, or --chat-template-file FILE")
         compile_template(requested)
         return ChatFormat(requested, "chat template from --chat-template")
     if own:

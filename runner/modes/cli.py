@@ -10,8 +10,8 @@ usage mistake).
 
 The prompt is completed as raw text, as llamafile --cli does, whatever the model (a chat
 model included): the output is `llm.complete(prompt)` for the same settings. Given
---chat-template (or --image), the prompt is instead sent as one user message in that
-chat format, and the output is the model's reply.
+--chat-template, --chat-template-file or --image, the prompt is instead sent as one user
+message in that chat format, and the output is the model's reply.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from ..engine import ContextError, Prompt
 def build_prompt(llm, args, text: str) -> tuple[Prompt, str]:
     """The model's input for `text` and what to show of it: raw text, or one user message
     in the chat format when --chat-template or --image asks for one."""
-    if not (args.chat_template or args.image):
+    if not (args.chat_template or args.chat_template_file or args.image):
         return llm.prompt_of(text), text
     content = text
     if args.image:

@@ -224,7 +224,7 @@ class Generation:
         if self.done and word is None:
             text, self.pending = text + self.pending + self.decoder.flush(), ""
         st.text += text
-        if self.phase is Phase.CHOOSE:
+        if self.phase is not Phase.READ and not self.done:   # READ: a context shift rereads first
             self.next_input, self.phase = tok, Phase.EVAL
         return Token(tok, text, lp, top)
 

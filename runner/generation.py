@@ -177,17 +177,22 @@ class Generation:
             self._reading = self.engine.prefill_chunks(self.prompt, into, chunk=chunk)
         for _ in range(2 if first else 1):
             done, total, logits = next(self._reading)
-            yield Progress(done, total, into.cached_tokens)
-            if done == total:
-                self._reading.close()
-                self._reading = None
-                self.logits, self.phase = logits, Phase.CHOOSE
-                if self._reread is not None:            # a shift's recomputation is decoding time
-                    self.result.decode_s += self._reread.prefill_s
-                    self._reread = None
-                if self.max_tokens == 0:
-                    self._finish(Stop.LIMIT)
-                return
+            progress = Progress(done, total, into.cached_tokens)
+            if done < total:
+                yield progress
+                continue
+            # why: the state moves on before the last event is yielded, so that a consumer
+            # stopping at it (the scheduler does when any client leaves) keeps the logits
+            self._reading.close()
+            self._reading = None
+            self.logits, self.phase = logits, Phase.CHOOSE
+            if self._reread is not None:                # a shift's recomputation is decoding time
+                self.result.decode_s += self._reread.prefill_s
+                self._reread = None
+            if self.max_tokens == 0:
+                self._finish(Stop.LIMIT)
+            yield progress
+            return
 
     def choose(self, logits: np.ndarray | None = None, evaluated: int | None = None) -> Token | None:
         """Sample from `logits` (default: the fresh ones) and apply the stop rules; the

@@ -120,6 +120,25 @@ def test_max_tokens_and_finish_reasons(llm):
     assert llm.engine.last.generated_tokens == 5
 
 
+def test_a_step_closed_at_the_prompts_last_event_keeps_its_logits(llm):
+    """The scheduler closes a step when any client leaves; closed right after a reply's
+    prompt is read, the reply must go on as if uninterrupted (it once lost the logits and
+    failed with "generator raised StopIteration")."""
+    from runner.generation import Generation, Progress
+    ids = llm.tokenize(STORY)
+    want = fresh(llm, ids, n=4)
+    llm.engine.reset()
+    g = Generation(llm.engine, Prompt(list(ids)), GREEDY, max_tokens=4, ignore_eos=True)
+    events = step([g], chunk=8)
+    while not any(isinstance(e, Progress) and e.done == e.total for _, e in events):
+        events = step([g], chunk=8)
+    events.close()
+    got = []
+    while not g.done:
+        got += [e.id for _, e in step([g]) if not isinstance(e, Progress) and e.id >= 0]
+    assert g.error is None and got == want
+
+
 def test_context_full_stops_generation(tiny_path):
     small = runner.load(tiny_path, n_ctx=40)
     ids = small.tokenize(STORY)[:24]

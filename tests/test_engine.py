@@ -254,3 +254,18 @@ def test_without_context_shift_a_full_context_ends_the_reply(tiny_path):
     llm = runner.load(tiny_path, n_ctx=64)
     out = list(llm.engine.generate(Prompt(llm.tokenize(STORY)[:20]), GREEDY, max_tokens=400, ignore_eos=True))
     assert llm.engine.last.stop is Stop.CONTEXT and llm.engine.last.shifts == 0 and len(out) < 64
+
+
+def test_drafted_greedy_equals_undrafted_on_varied_text(tiny_path):
+    """Drafting (several guessed positions checked at once) gives exactly the undrafted
+    greedy text. Repeat and presence penalties keep the tiny model from repeating itself, so
+    wrong guesses happen and must be cut back (test_draft.py: the real model)."""
+    varied = SamplingParams(temperature=0, presence_penalty=2.0, repeat_penalty=3.0, repeat_last_n=-1)
+    texts = []
+    for draft_max in (0, 8):
+        llm = runner.load(tiny_path, n_ctx=512, draft_max=draft_max)
+        ids = llm.tokenize(STORY)
+        texts.append([t.id for t in llm.engine.generate(Prompt(ids), varied, max_tokens=60, ignore_eos=True)])
+        drafted = llm.engine.last
+    assert texts[0] == texts[1] and len(set(texts[0])) > 20
+    assert drafted.draft_n > 0 and drafted.draft_accepted < drafted.draft_n      # some guesses were wrong

@@ -1,6 +1,6 @@
-"""What both API adapters (openai_api, llama_api) share: options, state, errors,
-request field validation, a request's sampling settings and job, and the one loop that
-turns a job's events into a response (collected, or streamed as server-sent events).
+"""What the API adapters (openai_api, llama_api, embeddings_api) share: options, state,
+errors, request field validation, a request's sampling settings and job, and the one loop
+that turns a job's events into a response (collected, or streamed as server-sent events).
 
 Every value a client sends passes through `Fields`, which names the field, the expected
 type or range and what was found, so that a bad request is a 400 with a useful message
@@ -67,13 +67,14 @@ class Options:
     sampling: SamplingParams = field(default_factory=SamplingParams)   # a request's defaults
     n_predict: int = -1                  # default token limit (-1: none)
     model_path: str = ""
+    pooling: str | None = None           # embeddings (--pooling); None: the model file's, else mean
 
     @classmethod
     def from_args(cls, args) -> Options:
         from ..args import sampling_from_args
         return cls(host=args.host, port=args.port, api_key=args.api_key or None, parallel=args.parallel,
                    nobrowser=args.nobrowser, log=not args.log_disable, sampling=sampling_from_args(args),
-                   n_predict=args.n_predict, model_path=args.model or "")
+                   n_predict=args.n_predict, model_path=args.model or "", pooling=args.pooling)
 
 
 class State:

@@ -1,6 +1,7 @@
-"""What the API adapters (openai_api, llama_api, embeddings_api) share: options, state,
-errors, request field validation, a request's sampling settings and job, and the one loop
-that turns a job's events into a response (collected, or streamed as server-sent events).
+"""What the API adapters (openai_api, llama_api, embeddings_api, responses_api) share:
+options, state, errors, request field validation, a request's sampling settings and job,
+and the one loop that turns a job's events into a response (collected, or streamed as
+server-sent events).
 
 Every value a client sends passes through `Fields`, which names the field, the expected
 type or range and what was found, so that a bad request is a 400 with a useful message
@@ -310,6 +311,12 @@ def sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
+def sse_event(obj: dict) -> bytes:
+    """A named server-sent event (`event: TYPE`), as the Responses API sends them: the
+    name is the object's own "type"."""
+    return b"event: " + obj["type"].encode() + b"\n" + sse(obj)
+
+
 SSE_DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -365,6 +372,14 @@ async def request_job(state: State, f: Fields, prompt: Prompt, limit: int | None
     return job
 
 
+def sampling_fields(f: Fields, **extra: Any) -> Fields:
+    """A request of another shape (Responses) as the chat-completions fields
+    request_job reads: its sampling options under their own names (temperature, top_p,
+    top_k, and llama.cpp's others), the model, and `extra` (stop, response_format)."""
+    keep = {k: v for k, v in f.body.items() if k in OPTIONS or k in ("seed", "model")}
+    return Fields({**keep, **extra})
+
+
 # -- running a job ----------------------------------------------------------------------------
 
 def job_error(state: State, e: Exception) -> APIError | Exception:
@@ -396,27 +411,32 @@ async def collect(state: State, job: Job, request: Request) -> tuple[str, list[T
     return "".join(text), tokens, result, scored
 
 
+def error_chunks(e: Exception) -> list[dict]:
+    """An error once a stream began (the status is already sent), as OpenAI's error body."""
+    return [e.body() if isinstance(e, APIError) else
+            error_body("the server failed while generating; see its log", "server_error")]
+
+
 def stream(state: State, job: Job, render: Callable[[str, Any], list[dict]], opening: list[dict] = (),
-           done: bool = True) -> StreamingResponse:
+           done: bool = True, frame: Callable[[dict], bytes] = sse,
+           error: Callable[[Exception], list[dict]] = error_chunks) -> StreamingResponse:
     """A job's events as server-sent events: the `opening` chunks, then each event
     ("progress", "prompt_logprobs", "token", "done") as the chunks the API's `render`
-    makes of it (an error after the stream began becomes an error event: the status is
-    already sent), then [DONE] if `done`."""
+    makes of it (an error after the stream began becomes the chunks `error` makes of
+    it), then [DONE] if `done`. `frame` writes a chunk (named events: sse_event)."""
     async def body() -> AsyncIterator[bytes]:
         for c in opening:
-            yield sse(c)
+            yield frame(c)
         async with aclosing(state.pool.run(job)) as run:
             async for kind, v in run:
                 if kind == "error":
-                    e = job_error(state, v)
-                    chunks = [e.body() if isinstance(e, APIError) else
-                              error_body("the server failed while generating; see its log", "server_error")]
+                    chunks = error(job_error(state, v))
                 else:
                     if kind == "done":
                         state.finished(v)
                     chunks = render(kind, v)
                 for c in chunks:
-                    yield sse(c)
+                    yield frame(c)
         if done:
             yield SSE_DONE
 

@@ -1,7 +1,7 @@
-"""What the API adapters (openai_api, llama_api, embeddings_api, responses_api) share:
-options, state, errors, request field validation, a request's sampling settings and job,
-and the one loop that turns a job's events into a response (collected, or streamed as
-server-sent events).
+"""What the API adapters (openai_api, llama_api, embeddings_api, responses_api,
+anthropic_api) share: options, state, errors, request field validation, a request's
+sampling settings and job, and the one loop that turns a job's events into a response
+(collected, or streamed as server-sent events).
 
 Every value a client sends passes through `Fields`, which names the field, the expected
 type or range and what was found, so that a bad request is a 400 with a useful message
@@ -312,8 +312,8 @@ def sse(obj: Any) -> bytes:
 
 
 def sse_event(obj: dict) -> bytes:
-    """A named server-sent event (`event: TYPE`), as the Responses API sends them: the
-    name is the object's own "type"."""
+    """A named server-sent event (`event: TYPE`), as the Responses and Anthropic APIs
+    send them: the name is the object's own "type"."""
     return b"event: " + obj["type"].encode() + b"\n" + sse(obj)
 
 
@@ -373,7 +373,7 @@ async def request_job(state: State, f: Fields, prompt: Prompt, limit: int | None
 
 
 def sampling_fields(f: Fields, **extra: Any) -> Fields:
-    """A request of another shape (Responses) as the chat-completions fields
+    """A request of another shape (Responses, Anthropic) as the chat-completions fields
     request_job reads: its sampling options under their own names (temperature, top_p,
     top_k, and llama.cpp's others), the model, and `extra` (stop, response_format)."""
     keep = {k: v for k, v in f.body.items() if k in OPTIONS or k in ("seed", "model")}

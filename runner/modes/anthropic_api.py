@@ -31,8 +31,6 @@ PREFIX = "/v1/messages"
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
                429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
-STOP_REASONS = {Stop.EOS: "end_turn", Stop.CONSTRAINT: "end_turn", Stop.WORD: "stop_sequence",
-                Stop.LIMIT: "max_tokens", Stop.CONTEXT: "max_tokens", Stop.CANCELLED: "end_turn"}
 
 
 def owns(path: str) -> bool:
@@ -116,6 +114,12 @@ async def prompt_of(state: State, f: Fields) -> Prompt:
 
 # -- the routes -------------------------------------------------------------------------------
 
+def stop_reason(r: Result) -> str:
+    """Anthropic's stop_reason: a stop sequence, the token limit (or a full context), else
+    the end of the turn."""
+    return "stop_sequence" if r.stop is Stop.WORD else "max_tokens" if r.finish_reason == "length" else "end_turn"
+
+
 def usage(r: Result) -> dict:
     """Anthropic counts cache reads apart from input tokens."""
     return {"input_tokens": r.prompt_tokens - r.cached_tokens, "cache_read_input_tokens": r.cached_tokens,
@@ -140,7 +144,7 @@ async def messages(state: State, request: Request) -> Response:
             "model": f.string("model") or model_id(state.llm)}
 
     def ending(r: Result) -> dict:
-        return {"stop_reason": STOP_REASONS[r.stop], "stop_sequence": r.stopping_word or None}
+        return {"stop_reason": stop_reason(r), "stop_sequence": r.stopping_word or None}
 
     if not f.boolean("stream", False):
         text, _, r, _ = await collect(state, job, request)

@@ -129,13 +129,25 @@ def test_api_key_and_route_errors_are_anthropic_shaped(base, client):
             model="gemma", max_tokens=2, messages=USER)
     assert e.value.status_code == 401 and e.value.body["error"]["type"] == "authentication_error"
     r = httpx.post(base + "/v1/messages/count_tokens", json={"messages": USER})              # no key
-    assert r.status_code == 401 and "x-api-key" in error_of(r, "authentication_error")
+    assert r.status_code == 401 and "API key" in error_of(r, "authentication_error")
     r = httpx.post(base + "/v1/messages/nope", json={}, headers={"x-api-key": KEY})
     assert r.status_code == 404 and error_of(r, "not_found_error")
     r = httpx.get(base + "/v1/messages", headers={"x-api-key": KEY})
     assert r.status_code == 405 and error_of(r, "invalid_request_error")
     r = httpx.post(base + "/v1/chat/completions", json={}, headers={"x-api-key": KEY})       # OpenAI's stay OpenAI's
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_error_bodies_of_any_shape_become_anthropics():
+    from runner.modes.anthropic_api import translate
+    openai_shaped = json.dumps({"error": {"message": "bad field", "type": "invalid_request_error"}}).encode()
+    assert json.loads(translate(400, openai_shaped)) == \
+        {"type": "error", "error": {"type": "invalid_request_error", "message": "bad field"}}
+    failed = json.dumps({"error": {"message": "see its log", "type": "server_error"}}).encode()
+    assert json.loads(translate(503, failed))["error"]["type"] == "api_error"
+    assert json.loads(translate(413, b"Request Entity Too Large")) == \
+        {"type": "error", "error": {"type": "request_too_large", "message": "Request Entity Too Large"}}
+    assert json.loads(translate(408, b""))["error"] == {"type": "invalid_request_error", "message": "HTTP 408"}
 
 
 def test_503_while_loading_is_anthropic_shaped(tiny):

@@ -4,8 +4,10 @@
 The request becomes chat messages (`system` as a string or text blocks; text and base64
 image blocks) and the chat-completions fields request_job reads (`stop_sequences`,
 `max_tokens`, temperature, top_p, top_k). Every error on these routes is Anthropic's
-shape, `{"type": "error", "error": {"type", "message"}}` (server.error_response asks
-`owns(path)`); the key may come as `x-api-key`.
+shape, `{"type": "error", "error": {"type", "message"}}`: the server's layers answer in
+OpenAI's, and `ErrorShape`, a middleware outside them all, rewrites those answers here
+(the key check's 401, validation's 400, unknown routes, 503 while loading). The key may
+come as `x-api-key`.
 
 A stream sends Anthropic's named events: message_start, content_block_start, ping,
 content_block_delta (per piece of text), content_block_stop, message_delta (stop_reason,
@@ -13,6 +15,7 @@ usage), message_stop; an error once it began is an `error` event.
 """
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -27,18 +30,70 @@ from .api_common import (APIError, Fields, State, bad, collect, model_id, parse_
                          sse_event, stream)
 
 PREFIX = "/v1/messages"
-# Anthropic's error type for each status (docs: "Errors"); others: api_error
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
-               429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
+# Anthropic's error type for each status (docs: "Errors"); other 4xx: invalid_request_error,
+# 5xx: api_error
+ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+               413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
 
 
 def owns(path: str) -> bool:
     return path == PREFIX or path.startswith(PREFIX + "/")
 
 
-def error_body(status: int, message: str) -> dict:
-    return {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message}}
+def error_body(status: int, message: str, server_failed: bool = False) -> dict:
+    """`server_failed`: an unexpected failure (OpenAI's server_error), not a busy server."""
+    kind = "api_error" if server_failed else \
+        ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def translate(status: int, raw: bytes) -> bytes:
+    """An error answer's body (OpenAI's shape, or anything else) in Anthropic's shape."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(body, dict) and body.get("type") == "error":
+        return raw                                # already Anthropic's
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        out = error_body(status, err["message"], err.get("type") == "server_error")
+    else:
+        out = error_body(status, raw.decode("utf-8", "replace").strip() or f"HTTP {status}")
+    return json.dumps(out).encode()
+
+
+class ErrorShape:
+    """ASGI middleware: under /v1/messages, an error answer (status >= 400) from any layer
+    gets Anthropic's body; everything else, streams included, passes untouched."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not owns(scope["path"]):
+            return await self.app(scope, receive, send)
+        held: dict | None = None                  # an error's response start, sent with its new body
+        body = bytearray()
+
+        async def rewrite(message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                held = message
+                return
+            if held is None or message["type"] != "http.response.body":
+                return await send(message)
+            body.extend(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            new = translate(held["status"], bytes(body))
+            headers = [(k, v) for k, v in held.get("headers", []) if k.lower() not in (b"content-length",
+                                                                                         b"content-type")]
+            headers += [(b"content-type", b"application/json"), (b"content-length", str(len(new)).encode())]
+            await send({**held, "headers": headers})
+            await send({"type": "http.response.body", "body": new})
+
+        await self.app(scope, receive, rewrite)
 
 
 # -- the request ------------------------------------------------------------------------------

@@ -63,19 +63,20 @@ class Options:
     port: int = 8080
     api_key: str | None = None
     parallel: int = 1
+    pooling: str | None = None           # embeddings (--pooling); None: the model file's, else mean
     nobrowser: bool = True
     log: bool = True
     sampling: SamplingParams = field(default_factory=SamplingParams)   # a request's defaults
     n_predict: int = -1                  # default token limit (-1: none)
     model_path: str = ""
-    pooling: str | None = None           # embeddings (--pooling); None: the model file's, else mean
 
     @classmethod
     def from_args(cls, args) -> Options:
         from ..args import sampling_from_args
         return cls(host=args.host, port=args.port, api_key=args.api_key or None, parallel=args.parallel,
+                   pooling=args.pooling,
                    nobrowser=args.nobrowser, log=not args.log_disable, sampling=sampling_from_args(args),
-                   n_predict=args.n_predict, model_path=args.model or "", pooling=args.pooling)
+                   n_predict=args.n_predict, model_path=args.model or "")
 
 
 class State:
@@ -283,6 +284,14 @@ def max_tokens(f: Fields, default: int, *names: str) -> int | None:
     return None if default < 0 else default
 
 
+def sampling_fields(f: Fields, **extra: Any) -> Fields:
+    """A request of another shape (Responses, Anthropic) as the chat-completions fields
+    request_job reads: its sampling options under their own names (temperature, top_p,
+    top_k, and llama.cpp's others), the model, and `extra` (stop, response_format)."""
+    keep = {k: v for k, v in f.body.items() if k in OPTIONS or k in ("seed", "model")}
+    return Fields({**keep, **extra})
+
+
 # -- responses ------------------------------------------------------------------------------
 
 def new_id(prefix: str) -> str:
@@ -370,14 +379,6 @@ async def request_job(state: State, f: Fields, prompt: Prompt, limit: int | None
     elif kind != "text":
         raise bad(f"response_format type must be 'text' or 'json_object', got {kind!r}", "response_format")
     return job
-
-
-def sampling_fields(f: Fields, **extra: Any) -> Fields:
-    """A request of another shape (Responses, Anthropic) as the chat-completions fields
-    request_job reads: its sampling options under their own names (temperature, top_p,
-    top_k, and llama.cpp's others), the model, and `extra` (stop, response_format)."""
-    keep = {k: v for k, v in f.body.items() if k in OPTIONS or k in ("seed", "model")}
-    return Fields({**keep, **extra})
 
 
 # -- running a job ----------------------------------------------------------------------------

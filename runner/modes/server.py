@@ -6,19 +6,19 @@ Routes: GET / (the page, runner/web/), /health, /v1/models, /props, /slots, /met
 POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages,
 /v1/messages/count_tokens, /completion, /embedding, /tokenize, /detokenize.
 
-Errors: 400 for anything wrong in a request, 401 for a missing or wrong key (with
---api-key: every route but the page and /health), 404/405 for unknown routes, 503 while
-the model loads. An unexpected exception is logged with its traceback and answered 400
-(the request could not be served) or 503, never with a 500 and a traceback for the
-client. The body has the shape of the API that owns the path (`error_response`):
-Anthropic's under /v1/messages, OpenAI's everywhere else.
+The API answers in OpenAI's error shape: 400 for anything wrong in a request, 401 for a
+missing or wrong key (with --api-key: every route but the page and /health), 404/405
+for unknown routes, 503 while the model loads. An unexpected exception is logged with
+its traceback and answered 400 (the request could not be served) or 503, never with a
+500 and a traceback for the client.
 
 Layers, each importing only those below it: this module (the app, the routes), then one
 adapter per API (openai_api, llama_api, embeddings_api, responses_api, anthropic_api)
 over what they share (api_common: validation, errors, the event loop that makes
 responses), then the slot pool (slots), then the compute thread (scheduler), which runs
 the engine's decoding step and, between its steps, the work that needs no slot
-(embeddings).
+(embeddings). Under /v1/messages every error answer, from any layer, is rewritten in
+Anthropic's shape (anthropic_api.ErrorShape).
 """
 from __future__ import annotations
 
@@ -50,13 +50,8 @@ KNOWN = ("/v1/chat/completions", "/v1/completions", "/completion", "/tokenize", 
 INPUT_ERRORS = (ValueError, TypeError, LookupError, ArithmeticError, UnicodeError, RecursionError)
 
 
-def error_response(path: str, status: int, message: str, type: str, param: str | None = None, code=None,
-                   headers=None) -> JSONResponse:
-    """An error in the shape of the API that owns `path`: Anthropic's on its routes (its
-    clients read no other), OpenAI's everywhere else."""
-    body = anthropic_api.error_body(status, message) if anthropic_api.owns(path) else \
-        error_body(message, type, param, code)
-    return JSONResponse(body, status_code=status, headers=headers)
+def error_response(status: int, message: str, type: str, code=None, headers=None) -> JSONResponse:
+    return JSONResponse(error_body(message, type, None, code), status_code=status, headers=headers)
 
 
 def attach_model(state: State, llm) -> None:
@@ -99,17 +94,18 @@ def create_app(llm, options: Options | object | None = None) -> FastAPI:
     app = FastAPI(title="gemma-runner", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.gemma = state
     app.add_middleware(Guard, state=state)
+    # why: outside Guard, so that its answers (401, 503) are rewritten too; it answers nothing itself
+    app.add_middleware(anthropic_api.ErrorShape)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> Response:
-        return error_response(request.url.path, e.status, e.message, e.type, e.param, e.code)
+        return JSONResponse(e.body(), status_code=e.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> Response:
         kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
         message = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
-        return error_response(request.url.path, e.status_code, message, kind, None, e.status_code,
-                              getattr(e, "headers", None))
+        return error_response(e.status_code, message, kind, e.status_code, getattr(e, "headers", None))
 
     install_routes(app, state)
     return app
@@ -130,12 +126,12 @@ class Guard:
         key = state.options.api_key
         if key and not public and not authorized(scope, key):
             state.metrics.request(path if path in KNOWN else "other", 401)
-            return await error_response(path, 401, "invalid or missing API key: send 'Authorization: Bearer KEY' "
-                                        "or 'x-api-key: KEY'", "authentication_error", None, "invalid_api_key",
+            return await error_response(401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
+                                        "authentication_error", "invalid_api_key",
                                         headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
         if state.llm is None and not public:
             state.metrics.request(path if path in KNOWN else "other", 503)
-            return await loading_response(state, path)(scope, receive, send)
+            return await loading_response(state)(scope, receive, send)
         status = None
 
         async def send_status(message) -> None:
@@ -169,17 +165,15 @@ def unexpected(state: State, scope, e: Exception) -> Response:
     """An exception no handler expected: logged in full, answered without a traceback."""
     state.log(f"error in {scope['method']} {scope['path']}:\n{traceback.format_exc().rstrip()}")
     if isinstance(e, INPUT_ERRORS):
-        return error_response(scope["path"], 400, f"the request could not be processed: {type(e).__name__}: {e}",
+        return error_response(400, f"the request could not be processed: {type(e).__name__}: {e}",
                               "invalid_request_error")
-    return error_response(scope["path"], 503, "the server could not process the request; see its log",
-                          "server_error")
+    return error_response(503, "the server could not process the request; see its log", "server_error")
 
 
-def loading_response(state: State, path: str = "/health") -> Response:
+def loading_response(state: State) -> Response:
     if state.load_error:
-        return error_response(path, 503, f"the model failed to load: {state.load_error}", "unavailable_error",
-                              None, 503)
-    return error_response(path, 503, "Loading model", "unavailable_error", None, 503)
+        return error_response(503, f"the model failed to load: {state.load_error}", "unavailable_error", 503)
+    return error_response(503, "Loading model", "unavailable_error", 503)
 
 
 def install_routes(app: FastAPI, state: State) -> None:

@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
     srv.add_argument("--nobrowser", action="store_true", help="do not open a browser tab")
+    srv.add_argument("--embedding", "--embeddings", action="store_true",
+                     help="accepted for compatibility: the embeddings API is always on")
+    srv.add_argument("--pooling", choices=("none", "mean", "cls", "last"), default=None,
+                     help="how embeddings pool the token states (default: the model file's, else mean)")
     srv.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
     srv.add_argument("-np", "--parallel", type=_pos_int, default=1, metavar="N",
                      help="requests generated at the same time (default 1)")

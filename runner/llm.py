@@ -107,6 +107,27 @@ class LLM:
         prompt = ids if isinstance(ids, Prompt) else self.prompt_of(ids)
         return self.engine.prompt_logprobs(prompt, top_n)
 
+    def embed(self, texts: str | list[str] | list[int] | list[list[int]], pooling: str | None = None,
+              normalize: bool = True) -> np.ndarray:
+        """Embeddings as llama.cpp computes them (runner/embedding.py): one text (or list
+        of token ids) -> [d], a list of them -> [n, d], float32, L2-normalized unless
+        normalize=False. `pooling`: mean, last, cls, or none (one text's [n_tokens, d]);
+        default: the file's declared pooling, else mean. Texts get BOS; computed in fresh
+        contexts, so the engine's cache is left as it was."""
+        from .embedding import Pooling, default_pooling, embed_packs, input_items, token_lists
+        from .embedding import normalize as norm_rows
+        how = default_pooling(self.gguf) if pooling is None else Pooling(pooling)
+        items, single = input_items(texts)
+        if how is Pooling.NONE and not single:
+            raise ValueError("pooling 'none' gives a matrix per input: embed one text at a time")
+        inputs = token_lists(items, lambda t: self.tokenize(t, add_bos=True), self.n_vocab, self.n_ctx)
+        p = 2 if normalize else -1
+        out = [v for pack in embed_packs(self.weights, self.cfg, inputs, how, self.engine.config.n_batch, p)
+               for _, v in pack]
+        if how is Pooling.NONE:
+            return norm_rows(out[0], p)
+        return out[0] if single else np.stack(out)
+
     # -- generation ------------------------------------------------------------------------
 
     def _params(self, kw: dict[str, Any]) -> SamplingParams:

@@ -1,6 +1,7 @@
-"""What both API adapters (openai_api, llama_api) share: options, state, errors,
-request field validation, a request's sampling settings and job, and the one loop that
-turns a job's events into a response (collected, or streamed as server-sent events).
+"""What the API adapters (openai_api, llama_api, embeddings_api, responses_api,
+anthropic_api) share: options, state, errors, request field validation, a request's
+sampling settings and job, and the one loop that turns a job's events into a response
+(collected, or streamed as server-sent events).
 
 Every value a client sends passes through `Fields`, which names the field, the expected
 type or range and what was found, so that a bad request is a 400 with a useful message
@@ -62,6 +63,7 @@ class Options:
     port: int = 8080
     api_key: str | None = None
     parallel: int = 1
+    pooling: str | None = None           # embeddings (--pooling); None: the model file's, else mean
     nobrowser: bool = True
     log: bool = True
     sampling: SamplingParams = field(default_factory=SamplingParams)   # a request's defaults
@@ -72,6 +74,7 @@ class Options:
     def from_args(cls, args) -> Options:
         from ..args import sampling_from_args
         return cls(host=args.host, port=args.port, api_key=args.api_key or None, parallel=args.parallel,
+                   pooling=args.pooling,
                    nobrowser=args.nobrowser, log=not args.log_disable, sampling=sampling_from_args(args),
                    n_predict=args.n_predict, model_path=args.model or "")
 
@@ -281,6 +284,14 @@ def max_tokens(f: Fields, default: int, *names: str) -> int | None:
     return None if default < 0 else default
 
 
+def sampling_fields(f: Fields, **extra: Any) -> Fields:
+    """A request of another shape (Responses, Anthropic) as the chat-completions fields
+    request_job reads: its sampling options under their own names (temperature, top_p,
+    top_k, and llama.cpp's others), the model, and `extra` (stop, response_format)."""
+    keep = {k: v for k, v in f.body.items() if k in OPTIONS or k in ("seed", "model")}
+    return Fields({**keep, **extra})
+
+
 # -- responses ------------------------------------------------------------------------------
 
 def new_id(prefix: str) -> str:
@@ -307,6 +318,12 @@ def model_id(llm) -> str:
 
 def sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def sse_event(obj: dict) -> bytes:
+    """A named server-sent event (`event: TYPE`), as the Responses and Anthropic APIs
+    send them: the name is the object's own "type"."""
+    return b"event: " + obj["type"].encode() + b"\n" + sse(obj)
 
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -395,27 +412,32 @@ async def collect(state: State, job: Job, request: Request) -> tuple[str, list[T
     return "".join(text), tokens, result, scored
 
 
+def error_chunks(e: Exception) -> list[dict]:
+    """An error once a stream began (the status is already sent), as OpenAI's error body."""
+    return [e.body() if isinstance(e, APIError) else
+            error_body("the server failed while generating; see its log", "server_error")]
+
+
 def stream(state: State, job: Job, render: Callable[[str, Any], list[dict]], opening: list[dict] = (),
-           done: bool = True) -> StreamingResponse:
+           done: bool = True, frame: Callable[[dict], bytes] = sse,
+           error: Callable[[Exception], list[dict]] = error_chunks) -> StreamingResponse:
     """A job's events as server-sent events: the `opening` chunks, then each event
     ("progress", "prompt_logprobs", "token", "done") as the chunks the API's `render`
-    makes of it (an error after the stream began becomes an error event: the status is
-    already sent), then [DONE] if `done`."""
+    makes of it (an error after the stream began becomes the chunks `error` makes of
+    it), then [DONE] if `done`. `frame` writes a chunk (named events: sse_event)."""
     async def body() -> AsyncIterator[bytes]:
         for c in opening:
-            yield sse(c)
+            yield frame(c)
         async with aclosing(state.pool.run(job)) as run:
             async for kind, v in run:
                 if kind == "error":
-                    e = job_error(state, v)
-                    chunks = [e.body() if isinstance(e, APIError) else
-                              error_body("the server failed while generating; see its log", "server_error")]
+                    chunks = error(job_error(state, v))
                 else:
                     if kind == "done":
                         state.finished(v)
                     chunks = render(kind, v)
                 for c in chunks:
-                    yield sse(c)
+                    yield frame(c)
         if done:
             yield SSE_DONE
 

@@ -3,7 +3,8 @@
     gemma-runner --server [--host 127.0.0.1] [--port 8080] [--nobrowser] [--api-key KEY] [-np N]
 
 Routes: GET / (the page, runner/web/), /health, /v1/models, /props, /slots, /metrics;
-POST /v1/chat/completions, /v1/completions, /completion, /tokenize, /detokenize.
+POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages,
+/v1/messages/count_tokens, /completion, /embedding, /tokenize, /detokenize.
 
 The API answers in OpenAI's error shape: 400 for anything wrong in a request, 401 for a
 missing or wrong key (with --api-key: every route but the page and /health), 404/405
@@ -12,9 +13,12 @@ its traceback and answered 400 (the request could not be served) or 503, never w
 500 and a traceback for the client.
 
 Layers, each importing only those below it: this module (the app, the routes), then one
-adapter per API (openai_api, llama_api) over what they share (api_common: validation,
-errors, the event loop that makes responses), then the slot pool (slots), then the
-compute thread (scheduler), which runs the engine's decoding step.
+adapter per API (openai_api, llama_api, embeddings_api, responses_api, anthropic_api)
+over what they share (api_common: validation, errors, the event loop that makes
+responses), then the slot pool (slots), then the compute thread (scheduler), which runs
+the engine's decoding step and, between its steps, the work that needs no slot
+(embeddings). Under /v1/messages every error answer, from any layer, is rewritten in
+Anthropic's shape (anthropic_api.ErrorShape).
 """
 from __future__ import annotations
 
@@ -34,14 +38,15 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from . import llama_api, openai_api
+from . import anthropic_api, embeddings_api, llama_api, openai_api, responses_api
 from .api_common import APIError, Options, State, error_body, model_id
 from .slots import SlotPool
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 PUBLIC = ("/", "/health", "/favicon.ico")          # never behind the API key
 KNOWN = ("/v1/chat/completions", "/v1/completions", "/completion", "/tokenize", "/detokenize", "/v1/models",
-         "/props", "/slots", "/metrics")             # paths counted by name when refused
+         "/props", "/slots", "/metrics", "/v1/embeddings", "/embedding", "/embeddings", "/v1/responses",
+         "/v1/messages", "/v1/messages/count_tokens")   # paths counted by name when refused
 INPUT_ERRORS = (ValueError, TypeError, LookupError, ArithmeticError, UnicodeError, RecursionError)
 
 
@@ -89,6 +94,8 @@ def create_app(llm, options: Options | object | None = None) -> FastAPI:
     app = FastAPI(title="gemma-runner", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.gemma = state
     app.add_middleware(Guard, state=state)
+    # why: outside Guard, so that its answers (401, 503) are rewritten too; it answers nothing itself
+    app.add_middleware(anthropic_api.ErrorShape)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> Response:
@@ -194,6 +201,28 @@ def install_routes(app: FastAPI, state: State) -> None:
     @app.post("/completions")
     async def completions(request: Request) -> Response:
         return await openai_api.completions(state, request)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return await embeddings_api.openai_embeddings(state, request)
+
+    @app.post("/embedding")
+    @app.post("/embeddings")
+    async def embedding(request: Request) -> Response:
+        return await embeddings_api.llama_embeddings(state, request)
+
+    @app.post("/v1/responses")
+    @app.post("/responses")
+    async def responses(request: Request) -> Response:
+        return await responses_api.create(state, request)
+
+    @app.post("/v1/messages")
+    async def messages(request: Request) -> Response:
+        return await anthropic_api.messages(state, request)
+
+    @app.post("/v1/messages/count_tokens")
+    async def count_tokens(request: Request) -> Response:
+        return await anthropic_api.count_tokens(state, request)
 
     @app.post("/completion")
     async def completion(request: Request) -> Response:

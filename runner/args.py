@@ -7,12 +7,13 @@ REPL unless given.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from dataclasses import fields
 
 from .engine import EngineConfig
-from .sampling import SamplingParams
+from .sampling import SamplingParams, in_range, range_text
 
 PROG = "gemma-runner"
 
@@ -44,15 +45,14 @@ def _port(s: str) -> int:
 
 
 def _checked(f):
-    """The argparse type of a declared sampling option: its kind and its range."""
-    lo, hi, integer = f.metadata["lo"], f.metadata["hi"], f.type.startswith("int")
+    """The argparse type of a declared sampling option: its kind and its range (nan and
+    inf are refused: the server refuses them too)."""
+    integer = f.type.startswith("int")
 
     def check(s: str):
         v = int(s) if integer else float(s)
-        if not ((lo is None or v >= lo) and (hi is None or v <= hi)):     # also refuses nan
-            what = f"from {lo} to {hi}" if lo is not None and hi is not None else \
-                f">= {lo}" if lo is not None else f"<= {hi}" if hi is not None else "a finite number"
-            raise argparse.ArgumentTypeError(f"expected a number {what}, got {s}")
+        if not in_range(f, v) or not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"expected a number {range_text(f)}, got {s}")
         return v
     check.__name__ = "integer" if integer else "number"
     return check

@@ -29,7 +29,7 @@ import numpy as np
 from . import model as M
 from .cache import make_caches
 from .draft import DraftVocab
-from .generation import Generation, Phase, Progress, Prompt, Result, Token, token_logprobs
+from .generation import Generation, Phase, Progress, Prompt, Result, Token, check_logits, token_logprobs
 from .sampling import Constraint, SamplingParams
 
 
@@ -65,6 +65,14 @@ class Engine:
         """Another engine over the same weights, with its own cache and this configuration
         (with `changes`, e.g. draft_max=0)."""
         return Engine(self.W, self.cfg, self.tok, replace(self.config, **changes))
+
+    def probe(self) -> None:
+        """Evaluate <bos> in a scratch context of its own: ModelError now, rather than at
+        the first reply, when the weights or settings compute NaN or infinite logits (a
+        NaN weight anywhere reaches every logit of this one pass)."""
+        bos = self.tok.bos_id
+        logits = self.spawn(n_ctx=2)._forward(Prompt([bos]), [bos], 0, 1, "last")    # [1, n_vocab]
+        check_logits(logits[0], self.cfg.path, 0)
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -289,7 +297,12 @@ def step(gens: list[Generation], chunk: int | None = None, draft: bool = True,
         return
     reading = any(g.phase is Phase.READ for g in gens)      # a prompt waits: no long rounds
     if draft and not reading and all(g.engine.can_draft(g) for g in ready):
-        yield from _draft_round(ready, stopped)
+        try:
+            yield from _draft_round(ready, stopped)
+        except Exception as e:                  # each cache was cut back; all fail alike
+            for g in ready:
+                if not g.done:
+                    g.fail(e)
         return
     t = time.perf_counter()
     try:
@@ -339,7 +352,11 @@ def _draft_round(gens: list[Generation], stopped: Callable[[], bool] | None = No
         for i, (g, e, dv) in enumerate(zip(gens, engines, vocabs)):
             g.result.decode_s += dt
             for j in range(n):
-                tok = g.choose(full[j * B + i], evaluated=bases[i] + j + 1)
+                try:
+                    tok = g.choose(full[j * B + i], evaluated=bases[i] + j + 1)
+                except Exception as e:            # this reply ends (bad logits); the others go on
+                    g.fail(e)
+                    break
                 keep[i] = bases[i] + j + 1
                 g.result.decode_steps += 1
                 if tok is not None:

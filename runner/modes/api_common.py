@@ -26,8 +26,8 @@ from starlette.responses import StreamingResponse
 
 from ..chat import ChatError
 from ..engine import ContextError, Prompt
-from ..generation import Result, Token
-from ..sampling import OPTIONS, SamplingParams
+from ..generation import ModelError, Result, Token
+from ..sampling import OPTIONS, SamplingParams, in_range, range_text
 from .slots import Job, Metrics
 
 MAX_LOGPROBS = 20            # top alternatives a request may ask for (OpenAI's limit)
@@ -267,6 +267,8 @@ def sampling_params(f: Fields, defaults: SamplingParams, n_vocab: int, server_se
             given[name] = f.integer(name, getattr(defaults, name), lo, hi)
         elif opt.type == "float":
             given[name] = f.number(name, getattr(defaults, name), lo, hi)
+            if not in_range(opt, given[name]):       # an open bound (repeat_penalty > 0)
+                raise bad(f"'{name}' must be {range_text(opt)}, got {given[name]:g}", name)
     seed = f.integer("seed", server_seed)
     given["seed"] = None if seed is None or seed == -1 else seed & 0xFFFFFFFFFFFFFFFF   # numpy wants >= 0
     return replace(defaults, logit_bias=f.logit_bias(n_vocab), **given)
@@ -371,6 +373,9 @@ def job_error(state: State, e: Exception) -> APIError | Exception:
     logged with its traceback."""
     if isinstance(e, (ContextError, ChatError)):
         return bad(str(e))
+    if isinstance(e, ModelError):                   # the server's model, not the request: one line
+        state.log(f"error during generation: {e}")
+        return APIError(503, str(e), "server_error", code="model_error")
     if not isinstance(e, APIError):
         state.log("error during generation:\n" + "".join(traceback.format_exception(e)).rstrip())
     return e

@@ -303,7 +303,9 @@ def run(llm, args, name: str = "") -> int:
 
         def source():
             try:
-                return loader()
+                llm = loader()
+                llm.engine.probe()                    # NaN logits: refuse to serve, say why
+                return llm
             except Exception as e:                    # a file that cannot be served: stop
                 failed.append(e)
                 server.should_exit = True

@@ -212,20 +212,28 @@ class UserError(Exception):
         self.status = status
 
 
+MAX_PROMPT_BYTES = 16 << 20     # what -f reads: 16 MiB, far more text than any context holds
+
+
 def read_text(path: str) -> str:
+    """A prompt or template file's text, at most MAX_PROMPT_BYTES (why: -f /dev/zero, or
+    a wrong file, would otherwise fill the memory)."""
     name = "standard input" if path == "-" else path
     try:
         if path == "-":
-            data = sys.stdin.buffer.read()
+            data = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1)
         else:
             with open(path, "rb") as f:
-                data = f.read()
+                data = f.read(MAX_PROMPT_BYTES + 1)
     except FileNotFoundError:
         raise UserError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"{name}: is a directory, not a file") from None
     except OSError as e:
         raise UserError(f"{name}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_PROMPT_BYTES:
+        raise UserError(f"{name}: longer than {MAX_PROMPT_BYTES >> 20} MiB, the most read from a file "
+                        f"(far more text than any context holds)")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

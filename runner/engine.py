@@ -27,14 +27,33 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import model as M
-from .cache import make_caches
+from .cache import cache_bytes, make_caches
 from .draft import DraftVocab
 from .generation import Generation, Phase, Progress, Prompt, Result, Token, check_logits, token_logprobs
 from .sampling import Constraint, SamplingParams
 
 
 class ContextError(ValueError):
-    """A prompt that does not fit the context."""
+    """A prompt that does not fit the context, or a context that does not fit in memory."""
+
+
+def size_text(n: float) -> str:
+    """Bytes in binary units: 512 MiB, 3.2 GiB, 12.5 TiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KiB", "MiB") else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_memory(cfg: M.Config, n_ctx: int) -> None:
+    """ContextError, before anything is allocated, if the KV cache of n_ctx tokens needs
+    more than the memory available now (numpy would fail, or the OS kill us, later)."""
+    need, have = cache_bytes(cfg, n_ctx), M.available_memory()
+    if need > have:
+        raise ContextError(f"a context of {n_ctx:,} tokens needs {size_text(need)} for its KV cache, and "
+                           f"{size_text(have)} of memory is available: choose a smaller context with "
+                           f"-c/--ctx-size (this model was trained for {cfg.n_ctx_train:,} tokens)")
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,7 @@ class Engine:
     def __init__(self, weights: M.Weights, cfg: M.Config, tokenizer, config: EngineConfig = EngineConfig()):
         self.W, self.cfg, self.tok, self.config = weights, cfg, tokenizer, config
         self.n_ctx = config.n_ctx if config.n_ctx > 0 else cfg.n_ctx_train
+        check_memory(cfg, self.n_ctx)
         self.caches = make_caches(cfg, self.n_ctx)
         self.ids: list[int] = []                  # what the cache holds, position by position
         self.last = Result()                      # of the last `generate`

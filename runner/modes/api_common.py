@@ -125,13 +125,65 @@ class State:
 
 # -- request fields -------------------------------------------------------------------------
 
+MAX_JSON_DEPTH = 100         # nesting of a request body (a chat request needs about 6)
+
+
+class _BadNumber(ValueError):
+    """A number the request body may not hold."""
+
+
+def _json_float(s: str) -> float:
+    v = float(s)
+    if not math.isfinite(v):                        # 1e400 parses as inf
+        raise _BadNumber(f"the number {s[:40]} is out of range (not a finite 64-bit float)")
+    return v
+
+
+def _json_int(s: str) -> int:
+    # why check the digits first: Python refuses to convert more than 4,300 of them
+    v = int(s) if len(s) <= 21 else None
+    if v is None or not -(1 << 63) <= v < (1 << 64):
+        raise _BadNumber(f"the integer {s[:24]}{'...' if len(s) > 24 else ''} is out of range "
+                         f"({len(s.lstrip('-'))} digits; integers here fit in 64 bits)")
+    return v
+
+
+def _json_constant(s: str) -> Any:
+    raise _BadNumber(f"{s} is not a JSON number")   # NaN, Infinity: Python's extension, not JSON
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in `value` (walked without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = v.values()
+        elif not isinstance(v, list):
+            continue
+        deepest = max(deepest, d)
+        if d <= MAX_JSON_DEPTH:
+            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return deepest
+
+
 def parse_json(raw: bytes) -> Any:
+    """The request body as JSON, checked up front: numbers that fit 64 bits, nesting up
+    to MAX_JSON_DEPTH (so that no later step meets inf, a 5,000-digit integer or a
+    RecursionError)."""
     if not raw.strip():
         raise bad("the request body is empty: expected a JSON object")
     try:
-        return json.loads(raw)
+        body = json.loads(raw, parse_float=_json_float, parse_int=_json_int, parse_constant=_json_constant)
+    except _BadNumber as e:
+        raise bad(f"the request body is not accepted: {e}") from None
+    except RecursionError:
+        raise bad(f"the request body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise bad(f"the request body is not valid JSON: {e}") from None
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise bad(f"the request body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep")
+    return body
 
 
 def _type_name(v: Any) -> str:

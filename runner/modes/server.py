@@ -92,6 +92,8 @@ def create_app(llm, options: Options | object | None = None) -> FastAPI:
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> Response:
+        if e.status < 500:                           # a client's mistake: one line, no traceback
+            state.log(f"{request.method} {request.url.path}: {e.status} {e.message}")
         return JSONResponse(e.body(), status_code=e.status)
 
     @app.exception_handler(StarletteHTTPException)

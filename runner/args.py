@@ -37,6 +37,13 @@ def _pos_int(s: str) -> int:
     return v
 
 
+def _pos_float(s: str) -> float:
+    v = float(s)
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s}")
+    return v
+
+
 def _port(s: str) -> int:
     v = int(s)
     if not 0 <= v <= 65535:
@@ -59,7 +66,7 @@ def _checked(f):
 
 
 # argparse names a type function in its "invalid ... value" message: give them plain names
-for _f, _name in ((_nonneg_int, "integer"), (_pos_int, "integer"), (_port, "port")):
+for _f, _name in ((_nonneg_int, "integer"), (_pos_int, "integer"), (_pos_float, "number"), (_port, "port")):
     _f.__name__ = _name
 
 
@@ -151,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
     srv.add_argument("-np", "--parallel", type=_pos_int, default=1, metavar="N",
                      help="requests generated at the same time (default 1)")
+    srv.add_argument("--timeout", type=_pos_float, default=10.0, metavar="S",
+                     help="seconds a client may take to send a request's headers, and to pause "
+                          "while sending its body (default 10; then 408 and the connection closes)")
 
     log = p.add_argument_group("logging")
     log.add_argument("--log-disable", action="store_true", help="print no logs or progress on stderr")

@@ -67,13 +67,17 @@ class Options:
     sampling: SamplingParams = field(default_factory=SamplingParams)   # a request's defaults
     n_predict: int = -1                  # default token limit (-1: none)
     model_path: str = ""
+    timeout: float = 10.0                # seconds for a request's head; the longest pause in its body
+    keep_alive: float = 5.0              # seconds an idle connection stays open between requests
+    max_connections: int = 512           # then new ones replace the longest idle (limits.py)
+    max_body: int = 100 << 20            # bytes of a request body (a few images as base64)
 
     @classmethod
     def from_args(cls, args) -> Options:
         from ..args import sampling_from_args
         return cls(host=args.host, port=args.port, api_key=args.api_key or None, parallel=args.parallel,
                    nobrowser=args.nobrowser, log=not args.log_disable, sampling=sampling_from_args(args),
-                   n_predict=args.n_predict, model_path=args.model or "")
+                   n_predict=args.n_predict, model_path=args.model or "", timeout=args.timeout)
 
 
 class State:

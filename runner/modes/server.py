@@ -30,12 +30,13 @@ from typing import Callable, Iterator
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from . import llama_api, openai_api
 from .api_common import APIError, Options, State, error_body, model_id
+from .limits import BodyReader, uvicorn_config
 from .slots import SlotPool
 
 WEB = Path(__file__).resolve().parent.parent / "web"
@@ -108,7 +109,8 @@ def create_app(llm, options: Options | object | None = None) -> FastAPI:
 
 class Guard:
     """ASGI middleware (plain, so streams and disconnects pass through untouched): the API
-    key, 503 while loading, a clean answer for unexpected exceptions, request counts."""
+    key, 503 while loading, bounds on the request body (limits.BodyReader), a clean answer
+    for unexpected exceptions, request counts."""
 
     def __init__(self, app, state: State):
         self.app, self.state = app, state
@@ -127,16 +129,26 @@ class Guard:
         if state.llm is None and not public:
             state.metrics.request(path if path in KNOWN else "other", 503)
             return await loading_response(state)(scope, receive, send)
+        options = state.options
+        if content_length(scope) > options.max_body:
+            return await error_response(413, f"the request body is larger than {options.max_body >> 20} MiB",
+                                        "invalid_request_error", 413,
+                                        headers={"Connection": "close"})(scope, receive, send)
+        body = BodyReader(receive, options.timeout, options.max_body)
         status = None
 
         async def send_status(message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if body.failed:                      # the rest of the body may still come: hang up
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, body, send_status)
+        except ClientDisconnect:                     # the client left before sending the whole body
+            pass
         except Exception as e:                       # what no exception handler mapped
             if status is None:
                 response = unexpected(state, scope, e)
@@ -147,6 +159,14 @@ class Guard:
                           f"{traceback.format_exc().rstrip()}")
         route = scope.get("route")
         state.metrics.request(getattr(route, "path", None) or "other", status or 0)
+
+
+def content_length(scope) -> int:
+    """The Content-Length the client announced (0 if none or unreadable)."""
+    for k, v in scope.get("headers", []):
+        if k == b"content-length":
+            return int(v) if v.isdigit() and len(v) < 20 else 0
+    return 0
 
 
 def authorized(scope, key: str) -> bool:
@@ -275,7 +295,7 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str
     block ends; yields the base URL. For tests and benchmarks."""
     import uvicorn
     sock = listen(host, port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+    server = uvicorn.Server(uvicorn_config(app, app.state.gemma.options, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
     thread.start()
@@ -323,7 +343,7 @@ def run(llm, args, name: str = "") -> int:
     url = browse_url(options.host, port)
     print(f"{name or 'gemma-runner'}: serving the chat page at {url} and the OpenAI API at {url}v1 "
           f"({options.parallel} slot{'s' if options.parallel > 1 else ''}; Ctrl-C stops)", flush=True)
-    config = uvicorn.Config(app, log_level="info" if options.log else "critical", access_log=options.log,
+    config = uvicorn_config(app, options, log_level="info" if options.log else "critical", access_log=options.log,
                             timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     if not options.nobrowser:

@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
     srv.add_argument("--nobrowser", action="store_true", help="do not open a browser tab")
     srv.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
+    srv.add_argument("--allowed-hosts", metavar="NAME,...", action="append", default=[],
+                     help="bound to a loopback address, the server answers only requests naming it "
+                          "localhost, 127.0.0.1 or [::1] (against DNS rebinding); these Host names too "
+                          "('.example.org' with its subdomains, '*' any)")
     srv.add_argument("-np", "--parallel", type=_pos_int, default=1, metavar="N",
                      help="requests generated at the same time (default 1)")
     srv.add_argument("--timeout", type=_pos_float, default=10.0, metavar="S",

@@ -71,13 +71,15 @@ class Options:
     keep_alive: float = 5.0              # seconds an idle connection stays open between requests
     max_connections: int = 512           # then new ones replace the longest idle (limits.py)
     max_body: int = 100 << 20            # bytes of a request body (a few images as base64)
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback ones (origin.py)
 
     @classmethod
     def from_args(cls, args) -> Options:
         from ..args import sampling_from_args
         return cls(host=args.host, port=args.port, api_key=args.api_key or None, parallel=args.parallel,
                    nobrowser=args.nobrowser, log=not args.log_disable, sampling=sampling_from_args(args),
-                   n_predict=args.n_predict, model_path=args.model or "", timeout=args.timeout)
+                   n_predict=args.n_predict, model_path=args.model or "", timeout=args.timeout,
+                   allowed_hosts=tuple(n for arg in args.allowed_hosts for n in arg.split(",")))
 
 
 class State:

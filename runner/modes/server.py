@@ -1,15 +1,19 @@
 """--server: the web page and an OpenAI-compatible API on FastAPI/uvicorn.
 
     gemma-runner --server [--host 127.0.0.1] [--port 8080] [--nobrowser] [--api-key KEY] [-np N]
+                          [--allowed-hosts NAME,...] [--timeout S]
 
 Routes: GET / (the page, runner/web/), /health, /v1/models, /props, /slots, /metrics;
 POST /v1/chat/completions, /v1/completions, /completion, /tokenize, /detokenize.
 
 The API answers in OpenAI's error shape: 400 for anything wrong in a request, 401 for a
-missing or wrong key (with --api-key: every route but the page and /health), 404/405
-for unknown routes, 503 while the model loads. An unexpected exception is logged with
-its traceback and answered 400 (the request could not be served) or 503, never with a
-500 and a traceback for the client.
+missing or wrong key (with --api-key: every route but the page and /health), 403 for a
+Host name a loopback-bound server does not answer to (origin.py), 404/405 for unknown
+routes, 408 for a request that stops arriving and 413 for a body too large (limits.py),
+415 for a POST that is not JSON, 503 while the model loads or when it computes NaN. A
+client's mistake is logged on one line; an unexpected exception is logged with its
+traceback and answered 400 (the request could not be served) or 503, never with a 500
+and a traceback for the client.
 
 Layers, each importing only those below it: this module (the app, the routes), then one
 adapter per API (openai_api, llama_api) over what they share (api_common: validation,
@@ -37,6 +41,7 @@ from starlette.staticfiles import StaticFiles
 from . import llama_api, openai_api
 from .api_common import APIError, Options, State, error_body, model_id
 from .limits import BodyReader, uvicorn_config
+from .origin import HostCheck, is_json
 from .slots import SlotPool
 
 WEB = Path(__file__).resolve().parent.parent / "web"
@@ -89,6 +94,8 @@ def create_app(llm, options: Options | object | None = None) -> FastAPI:
 
     app = FastAPI(title="gemma-runner", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.gemma = state
+    # Guard stays the outermost middleware (Starlette wraps the last added around the rest):
+    # a CORS middleware is added before it, so that preflights pass the Host check first
     app.add_middleware(Guard, state=state)
 
     @app.exception_handler(APIError)
@@ -108,26 +115,46 @@ def create_app(llm, options: Options | object | None = None) -> FastAPI:
 
 
 class Guard:
-    """ASGI middleware (plain, so streams and disconnects pass through untouched): the API
-    key, 503 while loading, bounds on the request body (limits.BodyReader), a clean answer
+    """ASGI middleware (plain, so streams and disconnects pass through untouched), in this
+    order: the Host check against DNS rebinding (origin.py; 403), the API key (401; not
+    for CORS preflights, which carry no credentials), a JSON content type on POST (415),
+    503 while loading, bounds on the request body (limits.BodyReader), a clean answer
     for unexpected exceptions, request counts."""
 
     def __init__(self, app, state: State):
         self.app, self.state = app, state
+        self.hosts = HostCheck(state.options.host, state.options.allowed_hosts)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        state, path = self.state, scope["path"]
-        public = path in PUBLIC or path.startswith("/web/")
+        state, path, method = self.state, scope["path"], scope["method"]
+        counted = path if path in KNOWN else "other"
+        host = header(scope, b"host")
+        if not self.hosts.allows(host):
+            state.metrics.request(counted, 403)
+            state.log(f"{method} {path}: 403 Host {host!r} refused (a DNS rebinding attempt, or a name for "
+                      f"--allowed-hosts)")
+            return await error_response(403, f"this server does not answer to the host name {host!r}: it is bound "
+                                        f"to a loopback address and answers to localhost, 127.0.0.1 and [::1] "
+                                        f"(--allowed-hosts adds names)", "permission_error",
+                                        "host_not_allowed")(scope, receive, send)
+        public = path in PUBLIC or path.startswith("/web/") or method == "OPTIONS"
         key = state.options.api_key
         if key and not public and not authorized(scope, key):
-            state.metrics.request(path if path in KNOWN else "other", 401)
+            state.metrics.request(counted, 401)
             return await error_response(401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
                                         "authentication_error", "invalid_api_key",
                                         headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        if method == "POST" and not is_json(header(scope, b"content-type")):
+            # why: a form or text/plain POST needs no CORS preflight, so any web page could send one
+            state.metrics.request(counted, 415)
+            given = header(scope, b"content-type")
+            return await error_response(415, f"send the request body as JSON with 'Content-Type: application/json' "
+                                        f"(got {given or 'none'!r})", "invalid_request_error",
+                                        "unsupported_media_type")(scope, receive, send)
         if state.llm is None and not public:
-            state.metrics.request(path if path in KNOWN else "other", 503)
+            state.metrics.request(counted, 503)
             return await loading_response(state)(scope, receive, send)
         options = state.options
         if content_length(scope) > options.max_body:
@@ -159,6 +186,14 @@ class Guard:
                           f"{traceback.format_exc().rstrip()}")
         route = scope.get("route")
         state.metrics.request(getattr(route, "path", None) or "other", status or 0)
+
+
+def header(scope, name: bytes) -> str | None:
+    """A request header's value (the first, if repeated), or None."""
+    for k, v in scope.get("headers", []):
+        if k == name:
+            return v.decode("latin-1")
+    return None
 
 
 def content_length(scope) -> int:

@@ -109,7 +109,7 @@ def test_a_slow_but_steady_body_is_read(addr):
     body = json.dumps({"content": "hello world, " * 8}).encode()
     head = (b"POST /tokenize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body))
-    pieces = [head] + [body[i:i + 10] for i in range(0, len(body), 10)]
+    pieces = [head] + [body[i:i + 30] for i in range(0, len(body), 30)]         # 4 pieces
     took, raw = exchange(addr, pieces, pause=TIMEOUT / 3)
     assert took > TIMEOUT and raw.startswith(b"HTTP/1.1 200"), raw[:200]
 

@@ -34,23 +34,30 @@ def base(llm):
         yield url
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:8080", "localhost.evil.example", "127.0.0.1.nip.io",
-                                  "0.0.0.0", "10.0.0.5:8080", "gemma.lan.evil.example", "[::1", "::1"])
-def test_a_foreign_host_gets_403_on_every_route(base, host):
-    for method, path in (("GET", "/props"), ("GET", "/"), ("GET", "/health"), ("POST", "/v1/completions"),
-                         ("OPTIONS", "/v1/chat/completions")):
-        r = httpx.request(method, base + path, headers={"Host": host}, json=BODY if method == "POST" else None)
-        assert r.status_code == 403, (method, path, r.status_code)
-        assert error_of(r)["code"] == "host_not_allowed"
+FOREIGN = ["evil.example", "evil.example:8080", "localhost.evil.example", "127.0.0.1.nip.io", "0.0.0.0",
+           "10.0.0.5:8080", "gemma.lan.evil.example", "[::1", "::1"]
+ROUTES = [("GET", "/props"), ("GET", "/"), ("GET", "/health"), ("POST", "/v1/completions"),
+          ("OPTIONS", "/v1/chat/completions")]
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:1234", "localhost", "LOCALHOST:8080", "localhost.",
-                                  "app.localhost:80", "127.1.2.3", "[::1]", "[::1]:8080",
-                                  "gemma.lan", "gemma.lan:8080", "box.example", "a.b.box.example:9"])
-def test_loopback_and_allowed_names_are_served(base, host):
-    assert httpx.get(base + "/props", headers={"Host": host}).status_code == 200
-    r = httpx.post(base + "/v1/completions", headers={"Host": host}, json=BODY, timeout=60)
-    assert r.status_code == 200 and r.json()["choices"]
+def test_a_foreign_host_gets_403_on_every_route(base):
+    with httpx.Client() as c:
+        for i, host in enumerate(FOREIGN):
+            for method, path in ROUTES if i == 0 else ROUTES[i % len(ROUTES):][:1]:
+                r = c.request(method, base + path, headers={"Host": host}, json=BODY if method == "POST" else None)
+                assert r.status_code == 403, (host, method, path, r.status_code)
+                assert error_of(r)["code"] == "host_not_allowed"
+
+
+def test_loopback_and_allowed_names_are_served(base):
+    with httpx.Client() as c:
+        for host in ["127.0.0.1", "127.0.0.1:1234", "localhost", "LOCALHOST:8080", "localhost.", "app.localhost:80",
+                     "127.1.2.3", "[::1]", "[::1]:8080", "gemma.lan", "gemma.lan:8080", "box.example",
+                     "a.b.box.example:9"]:
+            assert c.get(base + "/props", headers={"Host": host}).status_code == 200, host
+        for host in ["localhost:8080", "[::1]:8080", "gemma.lan"]:
+            r = c.post(base + "/v1/completions", headers={"Host": host}, json=BODY, timeout=60)
+            assert r.status_code == 200 and r.json()["choices"], host
 
 
 def test_a_preflight_passes_the_host_check_and_needs_no_key(llm):
@@ -72,17 +79,18 @@ def test_a_server_bound_to_all_addresses_answers_any_host(llm):
     assert host_name("[::1]:80") == "::1" and host_name("a:b:c") is None and host_name("x.:5") == "x"
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "text/plain;charset=UTF-8",
-                                          "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-                                          "application/jsonp", "text/json"])
-@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/completion", "/tokenize"])
-def test_a_post_without_a_json_content_type_is_415(base, path, content_type):
-    """What a cross-site form or fetch can send without a preflight: refused before the
-    body is read, so no generation starts."""
+def test_a_post_without_a_json_content_type_is_415(base):
+    """What a cross-site form or fetch can send without a preflight, to every POST route:
+    refused before the body is read, so no generation starts."""
     body = json.dumps({**BODY, "messages": [{"role": "user", "content": "hi"}], "content": "hi"}).encode()
-    headers = {"Content-Type": content_type} if content_type else {}
-    r = httpx.post(base + path, content=body, headers=headers, timeout=60)
-    assert r.status_code == 415 and error_of(r)["code"] == "unsupported_media_type"
+    kinds = [None, "text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
+             "multipart/form-data; boundary=x", "application/jsonp", "text/json"]
+    paths = ["/v1/completions", "/v1/chat/completions", "/completion", "/tokenize", "/detokenize"]
+    with httpx.Client() as c:
+        for i, kind in enumerate(kinds):
+            for path in paths if i == 1 else paths[i % len(paths):][:1]:
+                r = c.post(base + path, content=body, headers={"Content-Type": kind} if kind else {}, timeout=60)
+                assert r.status_code == 415 and error_of(r)["code"] == "unsupported_media_type", (kind, path)
 
 
 @pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     from .chat import ChatError
     from .gguf import GGUFError
     argv = sys.argv[1:] if argv is None else argv
+    # why: a broken model's NaN is reported once, on one line; numpy's warnings on the
+    # way there (invalid value in multiply, ...) would only bury it
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"runner(\.|$)")
     try:
         emb = embedded()
     except BundleError as e:

@@ -7,12 +7,13 @@ REPL unless given.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from dataclasses import fields
 
 from .engine import EngineConfig
-from .sampling import SamplingParams
+from .sampling import SamplingParams, in_range, range_text
 
 PROG = "gemma-runner"
 
@@ -36,6 +37,13 @@ def _pos_int(s: str) -> int:
     return v
 
 
+def _pos_float(s: str) -> float:
+    v = float(s)
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s}")
+    return v
+
+
 def _port(s: str) -> int:
     v = int(s)
     if not 0 <= v <= 65535:
@@ -44,22 +52,21 @@ def _port(s: str) -> int:
 
 
 def _checked(f):
-    """The argparse type of a declared sampling option: its kind and its range."""
-    lo, hi, integer = f.metadata["lo"], f.metadata["hi"], f.type.startswith("int")
+    """The argparse type of a declared sampling option: its kind and its range (nan and
+    inf are refused: the server refuses them too)."""
+    integer = f.type.startswith("int")
 
     def check(s: str):
         v = int(s) if integer else float(s)
-        if not ((lo is None or v >= lo) and (hi is None or v <= hi)):     # also refuses nan
-            what = f"from {lo} to {hi}" if lo is not None and hi is not None else \
-                f">= {lo}" if lo is not None else f"<= {hi}" if hi is not None else "a finite number"
-            raise argparse.ArgumentTypeError(f"expected a number {what}, got {s}")
+        if not in_range(f, v) or not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"expected a number {range_text(f)}, got {s}")
         return v
     check.__name__ = "integer" if integer else "number"
     return check
 
 
 # argparse names a type function in its "invalid ... value" message: give them plain names
-for _f, _name in ((_nonneg_int, "integer"), (_pos_int, "integer"), (_port, "port")):
+for _f, _name in ((_nonneg_int, "integer"), (_pos_int, "integer"), (_pos_float, "number"), (_port, "port")):
     _f.__name__ = _name
 
 
@@ -153,8 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--pooling", choices=("none", "mean", "cls", "last"), default=None,
                      help="how embeddings pool the token states (default: the model file's, else mean)")
     srv.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
+    srv.add_argument("--allowed-hosts", metavar="NAME,...", action="append", default=[],
+                     help="bound to a loopback address, the server answers only requests naming it "
+                          "localhost, 127.0.0.1 or [::1] (against DNS rebinding); these Host names too "
+                          "('.example.org' with its subdomains, '*' any)")
     srv.add_argument("-np", "--parallel", type=_pos_int, default=1, metavar="N",
                      help="requests generated at the same time (default 1)")
+    srv.add_argument("--timeout", type=_pos_float, default=10.0, metavar="S",
+                     help="seconds a client may take to send a request's headers, and to pause "
+                          "while sending its body (default 10; then 408 and the connection closes)")
 
     log = p.add_argument_group("logging")
     log.add_argument("--log-disable", action="store_true", help="print no logs or progress on stderr")
@@ -216,20 +230,28 @@ class UserError(Exception):
         self.status = status
 
 
+MAX_PROMPT_BYTES = 16 << 20     # what -f reads: 16 MiB, far more text than any context holds
+
+
 def read_text(path: str) -> str:
+    """A prompt or template file's text, at most MAX_PROMPT_BYTES (why: -f /dev/zero, or
+    a wrong file, would otherwise fill the memory)."""
     name = "standard input" if path == "-" else path
     try:
         if path == "-":
-            data = sys.stdin.buffer.read()
+            data = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1)
         else:
             with open(path, "rb") as f:
-                data = f.read()
+                data = f.read(MAX_PROMPT_BYTES + 1)
     except FileNotFoundError:
         raise UserError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"{name}: is a directory, not a file") from None
     except OSError as e:
         raise UserError(f"{name}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_PROMPT_BYTES:
+        raise UserError(f"{name}: longer than {MAX_PROMPT_BYTES >> 20} MiB, the most read from a file "
+                        f"(far more text than any context holds)")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

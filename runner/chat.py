@@ -159,16 +159,22 @@ def resolve_template(requested: str | None, own: str | None) -> ChatFormat:
         if "{{" not in requested and "{%" not in requested:
             raise ChatError(f"unknown chat template {requested[:40]!r}: give one of {', '.join(TEMPLATE_NAMES)}, "
                             f"a Jinja template, or --chat-template-file FILE")
-        compile_template(requested)
+        _try_template(requested)
         return ChatFormat(requested, "chat template from --chat-template")
     if own:
         try:
-            compile_template(own)
+            _try_template(own)
             return ChatFormat(own, "chat template from the model file")
         except ChatError as e:
             return ChatFormat("gemma", "Gemma chat format (built in)",
                               f"the model's {e}; using the built-in Gemma format")
     return ChatFormat(None, "no chat template")
+
+
+def _try_template(source: str) -> None:
+    """Compile the template and render one user message with it: a template that cannot
+    (a sandbox bound, an error) is found at start, not at the first message."""
+    render_jinja([{"role": "user", "content": "Hello"}], source)
 
 
 def compile_template(source: str):
@@ -181,7 +187,8 @@ def compile_template(source: str):
 @functools.lru_cache(maxsize=8)
 def _compile(source: str):
     import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from .sandbox import BoundedEnvironment
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
@@ -191,8 +198,7 @@ def _compile(source: str):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                           sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols"])
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -200,6 +206,8 @@ def _compile(source: str):
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as e:
         raise ChatError(f"chat template, line {e.lineno}: {e.message}") from None
+    except (MemoryError, RecursionError) as e:       # a template too large or too deep to compile
+        raise ChatError(f"chat template: {type(e).__name__}") from None
 
 
 def _template_messages(messages: list[dict]) -> tuple[list[dict], list[ImageRef]]:
@@ -232,15 +240,18 @@ def render_jinja(messages: list[dict], template: str, add_generation_prompt: boo
                  bos_token: str = "<bos>", eos_token: str = "<eos>") -> list[str | ImageRef]:
     """The prompt from a Jinja chat template, with image slots where the images were."""
     import jinja2
+
+    from .sandbox import render as render_bounded
     compiled = compile_template(template)
     plain, images = _template_messages(messages)
     try:
-        text = compiled.render(messages=plain, add_generation_prompt=add_generation_prompt,
-                               bos_token=bos_token, eos_token=eos_token)
-    except jinja2.TemplateError as e:               # raise_exception(), undefined names, sandbox
+        text = render_bounded(compiled, messages=plain, add_generation_prompt=add_generation_prompt,
+                              bos_token=bos_token, eos_token=eos_token)
+    except jinja2.TemplateError as e:               # raise_exception(), undefined names, sandbox bounds
         raise ChatError(f"chat template: {e}") from None
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
-        raise ChatError(f"chat template: {type(e).__name__}: {e}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError, MemoryError,
+            RecursionError) as e:                   # e.g. range(10**9): OverflowError
+        raise ChatError(f"chat template: {type(e).__name__}: {str(e)[:200]}") from None
     pieces = text.split(MEDIA_MARKER)
     if len(pieces) != len(images) + 1:
         raise ChatError(f"chat template: {len(images)} image(s) in the messages, "

@@ -27,14 +27,33 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import model as M
-from .cache import make_caches
+from .cache import cache_bytes, make_caches
 from .draft import DraftVocab
-from .generation import Generation, Phase, Progress, Prompt, Result, Token, token_logprobs
+from .generation import Generation, Phase, Progress, Prompt, Result, Token, check_logits, token_logprobs
 from .sampling import Constraint, SamplingParams
 
 
 class ContextError(ValueError):
-    """A prompt that does not fit the context."""
+    """A prompt that does not fit the context, or a context that does not fit in memory."""
+
+
+def size_text(n: float) -> str:
+    """Bytes in binary units: 512 MiB, 3.2 GiB, 12.5 TiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KiB", "MiB") else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_memory(cfg: M.Config, n_ctx: int) -> None:
+    """ContextError, before anything is allocated, if the KV cache of n_ctx tokens needs
+    more than the memory available now (numpy would fail, or the OS kill us, later)."""
+    need, have = cache_bytes(cfg, n_ctx), M.available_memory()
+    if need > have:
+        raise ContextError(f"a context of {n_ctx:,} tokens needs {size_text(need)} for its KV cache, and "
+                           f"{size_text(have)} of memory is available: choose a smaller context with "
+                           f"-c/--ctx-size (this model was trained for {cfg.n_ctx_train:,} tokens)")
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,7 @@ class Engine:
     def __init__(self, weights: M.Weights, cfg: M.Config, tokenizer, config: EngineConfig = EngineConfig()):
         self.W, self.cfg, self.tok, self.config = weights, cfg, tokenizer, config
         self.n_ctx = config.n_ctx if config.n_ctx > 0 else cfg.n_ctx_train
+        check_memory(cfg, self.n_ctx)
         self.caches = make_caches(cfg, self.n_ctx)
         self.ids: list[int] = []                  # what the cache holds, position by position
         self.last = Result()                      # of the last `generate`
@@ -65,6 +85,14 @@ class Engine:
         """Another engine over the same weights, with its own cache and this configuration
         (with `changes`, e.g. draft_max=0)."""
         return Engine(self.W, self.cfg, self.tok, replace(self.config, **changes))
+
+    def probe(self) -> None:
+        """Evaluate <bos> in a scratch context of its own: ModelError now, rather than at
+        the first reply, when the weights or settings compute NaN or infinite logits (a
+        NaN weight anywhere reaches every logit of this one pass)."""
+        bos = self.tok.bos_id
+        logits = self.spawn(n_ctx=2)._forward(Prompt([bos]), [bos], 0, 1, "last")    # [1, n_vocab]
+        check_logits(logits[0], self.cfg.path, 0)
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -289,7 +317,12 @@ def step(gens: list[Generation], chunk: int | None = None, draft: bool = True,
         return
     reading = any(g.phase is Phase.READ for g in gens)      # a prompt waits: no long rounds
     if draft and not reading and all(g.engine.can_draft(g) for g in ready):
-        yield from _draft_round(ready, stopped)
+        try:
+            yield from _draft_round(ready, stopped)
+        except Exception as e:                  # each cache was cut back; all fail alike
+            for g in ready:
+                if not g.done:
+                    g.fail(e)
         return
     t = time.perf_counter()
     try:
@@ -339,7 +372,11 @@ def _draft_round(gens: list[Generation], stopped: Callable[[], bool] | None = No
         for i, (g, e, dv) in enumerate(zip(gens, engines, vocabs)):
             g.result.decode_s += dt
             for j in range(n):
-                tok = g.choose(full[j * B + i], evaluated=bases[i] + j + 1)
+                try:
+                    tok = g.choose(full[j * B + i], evaluated=bases[i] + j + 1)
+                except Exception as e:            # this reply ends (bad logits); the others go on
+                    g.fail(e)
+                    break
                 keep[i] = bases[i] + j + 1
                 g.result.decode_steps += 1
                 if tok is not None:

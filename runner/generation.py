@@ -16,6 +16,7 @@ engine it runs on owns the KV cache and the weights.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
@@ -59,12 +60,29 @@ class Stop(enum.Enum):
     EOS = ("stop", "eos", "the end of the reply (end of turn or text)")
     WORD = ("stop", "word", "a stop string")
     CONSTRAINT = ("stop", "eos", "the end of the constrained output")
+    BANNED = ("stop", "eos", "no token left to choose (the logit bias bans every one)")
     LIMIT = ("length", "limit", "the length limit")
     CONTEXT = ("length", "limit", "the full context")
     CANCELLED = ("stop", "none", "an interruption (Ctrl-C, or the client left)")
 
     def __init__(self, finish_reason: str, stop_type: str, words: str):
         self.finish_reason, self.stop_type, self.words = finish_reason, stop_type, words
+
+
+class ModelError(ValueError):
+    """The model computed NaN or infinite logits: its file (weights or settings) is broken.
+    The message names the file."""
+
+
+def check_logits(logits: np.ndarray, path: str, position: int) -> None:
+    """ModelError unless every logit is finite. why: NaN would otherwise reach the
+    sampler as garbage text or numpy's "probabilities contain NaN"; min and max are two
+    passes without a temporary array (NaN propagates through both)."""
+    lo, hi = float(logits.min()), float(logits.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        what = "NaN" if math.isnan(lo) or math.isnan(hi) else "infinite"
+        raise ModelError(f"{path or 'the model'}: the model computed {what} logits (at position {position}): "
+                         f"its weights or settings are broken; the file may be damaged")
 
 
 def rate(n: int, seconds: float) -> float:
@@ -201,9 +219,10 @@ class Generation:
         logits = self.logits if logits is None else logits
         self.logits = None
         st = self.result
+        check_logits(logits, self.engine.cfg.path, len(self.ids))
         tok = sample(logits, self.params, self.rng, self.ids, self.constraint)
         if tok is None or (tok in self.engine.stop_ids and not self.ignore_eos):
-            self._finish(Stop.EOS if tok is not None else Stop.CONSTRAINT)
+            self._finish(Stop.EOS if tok is not None else Stop.CONSTRAINT if self.constraint else Stop.BANNED)
             text = self.pending + self.decoder.flush()          # what the stop strings held back
             st.text += text
             return Token(-1, text) if text else None

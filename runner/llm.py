@@ -23,7 +23,7 @@ import numpy as np
 
 from . import model as M
 from .chat import ChatFormat, ImageRef, render, resolve_template
-from .engine import Engine, EngineConfig
+from .engine import Engine, EngineConfig, check_memory
 from .generation import ImageSlot, Prompt, Result
 from .gguf import GGUFFile
 from .sampling import OPTIONS, SamplingParams
@@ -44,6 +44,7 @@ class LLM:
         self.gguf = gguf
         self.cfg = M.Config.from_gguf(gguf)
         self.tokenizer: Tokenizer = load_tokenizer(gguf)
+        check_memory(self.cfg, config.n_ctx if config.n_ctx > 0 else self.cfg.n_ctx_train)   # before the weights
         self.weights = M.load_weights(gguf, self.cfg, resident=resident, threads=threads)
         self.engine = Engine(self.weights, self.cfg, self.tokenizer, config)
         self.vision = None

@@ -27,8 +27,8 @@ from starlette.responses import StreamingResponse
 
 from ..chat import ChatError
 from ..engine import ContextError, Prompt
-from ..generation import Result, Token
-from ..sampling import OPTIONS, SamplingParams
+from ..generation import ModelError, Result, Token
+from ..sampling import OPTIONS, SamplingParams, in_range, range_text
 from .slots import Job, Metrics
 
 MAX_LOGPROBS = 20            # top alternatives a request may ask for (OpenAI's limit)
@@ -69,6 +69,11 @@ class Options:
     sampling: SamplingParams = field(default_factory=SamplingParams)   # a request's defaults
     n_predict: int = -1                  # default token limit (-1: none)
     model_path: str = ""
+    timeout: float = 10.0                # seconds for a request's head; the longest pause in its body
+    keep_alive: float = 5.0              # seconds an idle connection stays open between requests
+    max_connections: int = 512           # then new ones replace the longest idle (limits.py)
+    max_body: int = 100 << 20            # bytes of a request body (a few images as base64)
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback ones (origin.py)
 
     @classmethod
     def from_args(cls, args) -> Options:
@@ -76,7 +81,8 @@ class Options:
         return cls(host=args.host, port=args.port, api_key=args.api_key or None, parallel=args.parallel,
                    pooling=args.pooling,
                    nobrowser=args.nobrowser, log=not args.log_disable, sampling=sampling_from_args(args),
-                   n_predict=args.n_predict, model_path=args.model or "")
+                   n_predict=args.n_predict, model_path=args.model or "", timeout=args.timeout,
+                   allowed_hosts=tuple(n for arg in args.allowed_hosts for n in arg.split(",")))
 
 
 class State:
@@ -128,13 +134,65 @@ class State:
 
 # -- request fields -------------------------------------------------------------------------
 
+MAX_JSON_DEPTH = 100         # nesting of a request body (a chat request needs about 6)
+
+
+class _BadNumber(ValueError):
+    """A number the request body may not hold."""
+
+
+def _json_float(s: str) -> float:
+    v = float(s)
+    if not math.isfinite(v):                        # 1e400 parses as inf
+        raise _BadNumber(f"the number {s[:40]} is out of range (not a finite 64-bit float)")
+    return v
+
+
+def _json_int(s: str) -> int:
+    # why check the digits first: Python refuses to convert more than 4,300 of them
+    v = int(s) if len(s) <= 21 else None
+    if v is None or not -(1 << 63) <= v < (1 << 64):
+        raise _BadNumber(f"the integer {s[:24]}{'...' if len(s) > 24 else ''} is out of range "
+                         f"({len(s.lstrip('-'))} digits; integers here fit in 64 bits)")
+    return v
+
+
+def _json_constant(s: str) -> Any:
+    raise _BadNumber(f"{s} is not a JSON number")   # NaN, Infinity: Python's extension, not JSON
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in `value` (walked without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = v.values()
+        elif not isinstance(v, list):
+            continue
+        deepest = max(deepest, d)
+        if d <= MAX_JSON_DEPTH:
+            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return deepest
+
+
 def parse_json(raw: bytes) -> Any:
+    """The request body as JSON, checked up front: numbers that fit 64 bits, nesting up
+    to MAX_JSON_DEPTH (so that no later step meets inf, a 5,000-digit integer or a
+    RecursionError)."""
     if not raw.strip():
         raise bad("the request body is empty: expected a JSON object")
     try:
-        return json.loads(raw)
+        body = json.loads(raw, parse_float=_json_float, parse_int=_json_int, parse_constant=_json_constant)
+    except _BadNumber as e:
+        raise bad(f"the request body is not accepted: {e}") from None
+    except RecursionError:
+        raise bad(f"the request body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise bad(f"the request body is not valid JSON: {e}") from None
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise bad(f"the request body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep")
+    return body
 
 
 def _type_name(v: Any) -> str:
@@ -270,6 +328,8 @@ def sampling_params(f: Fields, defaults: SamplingParams, n_vocab: int, server_se
             given[name] = f.integer(name, getattr(defaults, name), lo, hi)
         elif opt.type == "float":
             given[name] = f.number(name, getattr(defaults, name), lo, hi)
+            if not in_range(opt, given[name]):       # an open bound (repeat_penalty > 0)
+                raise bad(f"'{name}' must be {range_text(opt)}, got {given[name]:g}", name)
     seed = f.integer("seed", server_seed)
     given["seed"] = None if seed is None or seed == -1 else seed & 0xFFFFFFFFFFFFFFFF   # numpy wants >= 0
     return replace(defaults, logit_bias=f.logit_bias(n_vocab), **given)
@@ -388,6 +448,9 @@ def job_error(state: State, e: Exception) -> APIError | Exception:
     logged with its traceback."""
     if isinstance(e, (ContextError, ChatError)):
         return bad(str(e))
+    if isinstance(e, ModelError):                   # the server's model, not the request: one line
+        state.log(f"error during generation: {e}")
+        return APIError(503, str(e), "server_error", code="model_error")
     if not isinstance(e, APIError):
         state.log("error during generation:\n" + "".join(traceback.format_exception(e)).rstrip())
     return e

@@ -20,6 +20,7 @@ import sys
 
 from ..args import UserError, die, read_prompt, sampling_from_args, stop_strings
 from ..engine import ContextError, Prompt
+from ..generation import ModelError
 
 
 def build_prompt(llm, args, text: str) -> tuple[Prompt, str]:
@@ -79,7 +80,7 @@ def run(llm, args) -> int:
             out.write(shown)
         for tok in tokens:
             out.write(tok.text)
-    except ContextError as e:
+    except (ContextError, ModelError) as e:      # a prompt too long; a model computing NaN
         return die(str(e))
     except KeyboardInterrupt:
         if out.last != "\n":

@@ -24,7 +24,7 @@ from .. import __version__
 from ..args import PROG, UserError, die, read_prompt, sampling_from_args, stop_strings
 from ..chat import ChatError
 from ..engine import ContextError
-from ..generation import Result, Stop
+from ..generation import ModelError, Result, Stop
 from . import commands
 from .conversation import Conversation, sync_cache, warm_cache
 from .terminal import PlainReader, TerminalReader, unquote
@@ -153,6 +153,9 @@ class Repl:
         except ContextError:
             self.screen.error(self._full(f"this message needs {len(turn.tokens)} tokens and the "
                                          f"context holds {self.llm.n_ctx}"))
+            return
+        except ModelError as e:                     # the chat goes on: /clear, another message
+            self.screen.error(str(e))
             return
         finally:
             if gen is not None:

@@ -99,10 +99,11 @@ def create_app(llm, options: Options | object | None = None) -> FastAPI:
 
     app = FastAPI(title="gemma-runner", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.gemma = state
-    # Guard stays the outermost middleware (Starlette wraps the last added around the rest):
-    # a CORS middleware is added before it, so that preflights pass the Host check first
+    # Starlette wraps the last added middleware around the rest. Guard is the outermost one
+    # that answers requests (a CORS middleware goes before it, so that preflights pass the
+    # Host check first); ErrorShape, outside it, answers nothing and only rewrites the
+    # error bodies of Anthropic's routes, Guard's 401 and 503 included.
     app.add_middleware(Guard, state=state)
-    # why: outside Guard, so that its answers (401, 503) are rewritten too; it answers nothing itself
     app.add_middleware(anthropic_api.ErrorShape)
 
     @app.exception_handler(APIError)

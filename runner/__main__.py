@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
-from .args import PROG, die, parse_args
+from .args import PROG, UserError, die, parse_args
 
 # where `scripts/setup.sh` puts the default model, for running from a checkout
 DEV_MODEL = Path(__file__).resolve().parent.parent / "models" / "gemma-3-270m-q4_k_m.gguf"
@@ -52,8 +53,14 @@ def open_model(args):
 def chat_format(args, g):
     """The chat template, resolved once for every mode: --chat-template, else the model
     file's (a warning if it does not compile), else none. ChatError for a bad flag."""
+    from .args import read_text
     from .chat import resolve_template
-    fmt = resolve_template(args.chat_template, g.get("tokenizer.chat_template"))
+    requested = args.chat_template
+    if args.chat_template_file is not None:
+        requested = read_text(args.chat_template_file)
+        if not requested.strip():
+            raise UserError(f"{args.chat_template_file}: the chat template file is empty", 2)
+    fmt = resolve_template(requested, g.get("tokenizer.chat_template"))
     if fmt.warning:
         log(args, f"{PROG}: {fmt.warning}")
     return fmt
@@ -86,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     from .chat import ChatError
     from .gguf import GGUFError
     argv = sys.argv[1:] if argv is None else argv
+    # why: a broken model's NaN is reported once, on one line; numpy's warnings on the
+    # way there (invalid value in multiply, ...) would only bury it
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"runner(\.|$)")
     try:
         emb = embedded()
     except BundleError as e:
@@ -108,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         chat = chat_format(args, g)
     except ChatError as e:
         return die(f"--chat-template: {e}", 2)
+    except UserError as e:
+        return die(str(e), e.status)
     except (GGUFError, ValueError, OSError) as e:
         return die(str(e))
     try:

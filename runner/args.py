@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from dataclasses import fields
 
 from .engine import EngineConfig
-from .sampling import SamplingParams
+from .sampling import SamplingParams, in_range, range_text
 
 PROG = "gemma-runner"
 
@@ -37,6 +38,13 @@ def _pos_int(s: str) -> int:
     return v
 
 
+def _pos_float(s: str) -> float:
+    v = float(s)
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s}")
+    return v
+
+
 def _port(s: str) -> int:
     v = int(s)
     if not 0 <= v <= 65535:
@@ -45,22 +53,21 @@ def _port(s: str) -> int:
 
 
 def _checked(f):
-    """The argparse type of a declared sampling option: its kind and its range."""
-    lo, hi, integer = f.metadata["lo"], f.metadata["hi"], f.type.startswith("int")
+    """The argparse type of a declared sampling option: its kind and its range (nan and
+    inf are refused: the server refuses them too)."""
+    integer = f.type.startswith("int")
 
     def check(s: str):
         v = int(s) if integer else float(s)
-        if not ((lo is None or v >= lo) and (hi is None or v <= hi)):     # also refuses nan
-            what = f"from {lo} to {hi}" if lo is not None and hi is not None else \
-                f">= {lo}" if lo is not None else f"<= {hi}" if hi is not None else "a finite number"
-            raise argparse.ArgumentTypeError(f"expected a number {what}, got {s}")
+        if not in_range(f, v) or not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"expected a number {range_text(f)}, got {s}")
         return v
     check.__name__ = "integer" if integer else "number"
     return check
 
 
 # argparse names a type function in its "invalid ... value" message: give them plain names
-for _f, _name in ((_nonneg_int, "integer"), (_pos_int, "integer"), (_port, "port")):
+for _f, _name in ((_nonneg_int, "integer"), (_pos_int, "integer"), (_pos_float, "number"), (_port, "port")):
     _f.__name__ = _name
 
 
@@ -103,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--draft-max", "--draft", type=_nonneg_int, default=8, metavar="N",
                        help="greedy decoding guesses up to N tokens ahead from a small vocabulary "
                             "and checks them in one pass (same text, faster; default 8; 0 = off)")
+    model.add_argument("--context-shift", action="store_true",
+                       help="when generation fills the context, drop the older half of it (after "
+                            "--keep tokens) and go on, instead of stopping")
+    model.add_argument("--keep", type=int, default=0, metavar="N",
+                       help="tokens after BOS a context shift keeps (default 0; -1 = the whole prompt)")
     model.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=None, metavar="N",
                        help="accepted for compatibility; this build runs on the CPU")
 
@@ -118,9 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--image", metavar="FILE", action="append", default=[],
                         help="an image for the prompt (needs --mmproj); repeatable")
     prompt.add_argument("--chat-template", metavar="NAME|TEMPLATE",
-                        help="'gemma' (built in) or a Jinja chat template string (default: the model "
-                             "file's; a model without one chats in raw completion mode; --cli "
-                             "uses none unless given)")
+                        help="gemma (built in), chatml, llama3, or a Jinja chat template string "
+                             "(default: the model file's; a model without one chats in raw completion "
+                             "mode; --cli uses none unless given)")
+    prompt.add_argument("--chat-template-file", metavar="FILE", help="read the Jinja chat template from FILE")
     prompt.add_argument("--no-display-prompt", "--silent-prompt", dest="no_display_prompt",
                         action="store_true", help="--cli: print only the completion, not the prompt")
 
@@ -147,9 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
     srv.add_argument("--nobrowser", action="store_true", help="do not open a browser tab")
+    srv.add_argument("--embedding", "--embeddings", action="store_true",
+                     help="accepted for compatibility: the embeddings API is always on")
+    srv.add_argument("--pooling", choices=("none", "mean", "cls", "last"), default=None,
+                     help="how embeddings pool the token states (default: the model file's, else mean)")
     srv.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
+    srv.add_argument("--allowed-hosts", metavar="NAME,...", action="append", default=[],
+                     help="bound to a loopback address, the server answers only requests naming it "
+                          "localhost, 127.0.0.1 or [::1] (against DNS rebinding); these Host names too "
+                          "('.example.org' with its subdomains, '*' any)")
     srv.add_argument("-np", "--parallel", type=_pos_int, default=1, metavar="N",
                      help="requests generated at the same time (default 1)")
+    srv.add_argument("--timeout", type=_pos_float, default=10.0, metavar="S",
+                     help="seconds a client may take to send a request's headers, and to pause "
+                          "while sending its body (default 10; then 408 and the connection closes)")
 
     log = p.add_argument_group("logging")
     log.add_argument("--log-disable", action="store_true", help="print no logs or progress on stderr")
@@ -160,10 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
+    if args.keep < -1:
+        p.error(f"argument --keep: expected -1 or a number >= 0, got {args.keep}")
     if args.n_predict < -1:
         p.error(f"argument -n/--n-predict: expected -1 or a number >= 0, got {args.n_predict}")
     if args.prompt is not None and args.file is not None:
         p.error("-p and -f both give the prompt: use one of them")
+    if args.chat_template is not None and args.chat_template_file is not None:
+        p.error("--chat-template and --chat-template-file both give the template: use one of them")
     if args.image and not args.mmproj:
         p.error("--image needs --mmproj FILE (the vision projector)")
     args.mode = "server" if args.server else "cli" if args.cli else "chat"
@@ -206,7 +234,8 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(n_ctx=args.ctx_size, n_batch=args.batch_size, draft_max=args.draft_max)
+    return EngineConfig(n_ctx=args.ctx_size, n_batch=args.batch_size, draft_max=args.draft_max,
+                        context_shift=args.context_shift, n_keep=args.keep)
 
 
 def unescape(text: str) -> str:
@@ -233,20 +262,28 @@ class UserError(Exception):
         self.status = status
 
 
-def _read_text(path: str) -> str:
+MAX_PROMPT_BYTES = 16 << 20     # what -f reads: 16 MiB, far more text than any context holds
+
+
+def read_text(path: str) -> str:
+    """A prompt or template file's text, at most MAX_PROMPT_BYTES (why: -f /dev/zero, or
+    a wrong file, would otherwise fill the memory)."""
     name = "standard input" if path == "-" else path
     try:
         if path == "-":
-            data = sys.stdin.buffer.read()
+            data = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1)
         else:
             with open(path, "rb") as f:
-                data = f.read()
+                data = f.read(MAX_PROMPT_BYTES + 1)
     except FileNotFoundError:
         raise UserError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"{name}: is a directory, not a file") from None
     except OSError as e:
         raise UserError(f"{name}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_PROMPT_BYTES:
+        raise UserError(f"{name}: longer than {MAX_PROMPT_BYTES >> 20} MiB, the most read from a file "
+                        f"(far more text than any context holds)")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -260,7 +297,7 @@ def read_prompt(args: argparse.Namespace, stdin: bool = False) -> str | None:
     if args.prompt is not None:
         text = args.prompt
     elif args.file is not None or (stdin and sys.stdin is not None and not sys.stdin.isatty()):
-        text = _read_text(args.file if args.file is not None else "-")
+        text = read_text(args.file if args.file is not None else "-")
         if text.endswith("\n"):
             text = text[:-1]
     else:

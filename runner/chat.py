@@ -162,24 +162,49 @@ class ChatFormat(NamedTuple):
     warning: str | None = None  # e.g. the file's template does not compile
 
 
+# llama.cpp's names for two common formats (src/llama-chat.cpp), written as Jinja; "gemma"
+# is the built-in format
+NAMED_TEMPLATES = {
+    "chatml": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+    "llama3": "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
+              "{{ m.content | trim }}<|eot_id|>{% endfor %}"
+              "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+}
+TEMPLATE_NAMES = ("gemma", *NAMED_TEMPLATES)
+
+
 def resolve_template(requested: str | None, own: str | None) -> ChatFormat:
-    """Which template a model chats with. `requested` (--chat-template) is "gemma" or a
-    Jinja string, and must compile (ChatError); else the model file's own template `own`,
-    or the built-in Gemma format with a warning if that does not compile; else no chat
-    template (template None: a base model, whose chat in the REPL is raw completion)."""
-    if requested == "gemma":
+    """Which template a model chats with. `requested` (--chat-template) is a name
+    (TEMPLATE_NAMES) or a Jinja string, which must compile (ChatError; so does anything
+    else: a name nobody knows would otherwise become a template that prints itself);
+    else the model file's own template `own`, or the built-in Gemma format with a warning
+    if that does not compile; else no chat template (template None: a base model, whose
+    chat in the REPL is raw completion)."""
+    if requested in ("gemma", "gemma3"):
         return ChatFormat("gemma", "Gemma chat format (--chat-template gemma)")
+    if requested in NAMED_TEMPLATES:
+        return ChatFormat(NAMED_TEMPLATES[requested], f"{requested} chat format (--chat-template {requested})")
     if requested:
-        compile_template(requested)
+        if "{{" not in requested and "{%" not in requested:
+            raise ChatError(f"unknown chat template {requested[:40]!r}: give one of {', '.join(TEMPLATE_NAMES)}, "
+                            f"a Jinja template, or --chat-template-file FILE")
+        _try_template(requested)
         return ChatFormat(requested, "chat template from --chat-template")
     if own:
         try:
-            compile_template(own)
+            _try_template(own)
             return ChatFormat(own, "chat template from the model file")
         except ChatError as e:
             return ChatFormat("gemma", "Gemma chat format (built in)",
                               f"the model's {e}; using the built-in Gemma format")
     return ChatFormat(None, "no chat template")
+
+
+def _try_template(source: str) -> None:
+    """Compile the template and render one user message with it: a template that cannot
+    (a sandbox bound, an error) is found at start, not at the first message."""
+    render_jinja([{"role": "user", "content": "Hello"}], source)
 
 
 def compile_template(source: str):
@@ -192,7 +217,8 @@ def compile_template(source: str):
 @functools.lru_cache(maxsize=8)
 def _compile(source: str):
     import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from .sandbox import BoundedEnvironment
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
@@ -202,8 +228,7 @@ def _compile(source: str):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                           sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols"])
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -211,6 +236,8 @@ def _compile(source: str):
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as e:
         raise ChatError(f"chat template, line {e.lineno}: {e.message}") from None
+    except (MemoryError, RecursionError) as e:       # a template too large or too deep to compile
+        raise ChatError(f"chat template: {type(e).__name__}") from None
 
 
 def _template_messages(messages: list[dict]) -> tuple[list[dict], list[ImageRef]]:
@@ -244,16 +271,19 @@ def render_jinja(messages: list[dict], template: str, add_generation_prompt: boo
     """The prompt from a Jinja chat template, with image slots where the images were
     (`tools`: OpenAI's tool list, for templates that render it)."""
     import jinja2
+
+    from .sandbox import render as render_bounded
     compiled = compile_template(template)
     plain, images = _template_messages(messages)
     extra = {"tools": tools} if tools is not None else {}
     try:
-        text = compiled.render(messages=plain, add_generation_prompt=add_generation_prompt,
-                               bos_token=bos_token, eos_token=eos_token, **extra)
-    except jinja2.TemplateError as e:               # raise_exception(), undefined names, sandbox
+        text = render_bounded(compiled, messages=plain, add_generation_prompt=add_generation_prompt,
+                              bos_token=bos_token, eos_token=eos_token, **extra)
+    except jinja2.TemplateError as e:               # raise_exception(), undefined names, sandbox bounds
         raise ChatError(f"chat template: {e}") from None
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
-        raise ChatError(f"chat template: {type(e).__name__}: {e}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError, MemoryError,
+            RecursionError) as e:                   # e.g. range(10**9): OverflowError
+        raise ChatError(f"chat template: {type(e).__name__}: {str(e)[:200]}") from None
     pieces = text.split(MEDIA_MARKER)
     if len(pieces) != len(images) + 1:
         raise ChatError(f"chat template: {len(images)} image(s) in the messages, "

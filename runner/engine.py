@@ -21,46 +21,39 @@ from __future__ import annotations
 
 import time
 from contextlib import closing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import numpy as np
 
 from . import model as M
-from .cache import make_caches
+from .cache import cache_bytes, make_caches
 from .draft import DraftVocab
-from .generation import Generation, Phase, Progress, Result, Token, token_logprobs
+from .generation import Generation, Phase, Progress, Prompt, Result, Token, check_logits, token_logprobs
 from .sampling import Constraint, SamplingParams
 
 
 class ContextError(ValueError):
-    """A prompt that does not fit the context."""
+    """A prompt that does not fit the context, or a context that does not fit in memory."""
 
 
-@dataclass
-class ImageSlot:
-    start: int                 # index of the first soft token in the prompt
-    embeds: np.ndarray         # [n, d] float32, exactly as they enter the text model
-    key: int                   # content hash: equal images reuse the cache
+def size_text(n: float) -> str:
+    """Bytes in binary units: 512 MiB, 3.2 GiB, 12.5 TiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KiB", "MiB") else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
-@dataclass
-class Prompt:
-    tokens: list[int]          # image slots hold a placeholder id (ignored)
-    images: list[ImageSlot] = field(default_factory=list)
-
-    def ids(self) -> list[int]:
-        """What the cache records for each position: the token id, or for an image's soft
-        tokens a negative number from the image's hash and the row (so prefix reuse sees
-        equal images as equal and different ones as different)."""
-        ids = list(self.tokens)
-        for im in self.images:
-            base = -(1 + (im.key % (1 << 40)) * 4096)
-            ids[im.start:im.start + len(im.embeds)] = range(base, base - len(im.embeds), -1)
-        return ids
-
-    def __len__(self) -> int:
-        return len(self.tokens)
+def check_memory(cfg: M.Config, n_ctx: int) -> None:
+    """ContextError, before anything is allocated, if the KV cache of n_ctx tokens needs
+    more than the memory available now (numpy would fail, or the OS kill us, later)."""
+    need, have = cache_bytes(cfg, n_ctx), M.available_memory()
+    if need > have:
+        raise ContextError(f"a context of {n_ctx:,} tokens needs {size_text(need)} for its KV cache, and "
+                           f"{size_text(have)} of memory is available: choose a smaller context with "
+                           f"-c/--ctx-size (this model was trained for {cfg.n_ctx_train:,} tokens)")
 
 
 @dataclass(frozen=True)
@@ -68,6 +61,8 @@ class EngineConfig:
     n_ctx: int = 8192          # context size in tokens (0: the model's trained maximum)
     n_batch: int = 512         # prompt tokens evaluated in one pass
     draft_max: int = 8         # greedy drafting: positions checked per round (0 or 1: off)
+    context_shift: bool = False  # a full context drops its older half and goes on (Generation)
+    n_keep: int = 0            # tokens after BOS a shift keeps (-1: the whole prompt)
 
 
 class Engine:
@@ -76,6 +71,7 @@ class Engine:
     def __init__(self, weights: M.Weights, cfg: M.Config, tokenizer, config: EngineConfig = EngineConfig()):
         self.W, self.cfg, self.tok, self.config = weights, cfg, tokenizer, config
         self.n_ctx = config.n_ctx if config.n_ctx > 0 else cfg.n_ctx_train
+        check_memory(cfg, self.n_ctx)
         self.caches = make_caches(cfg, self.n_ctx)
         self.ids: list[int] = []                  # what the cache holds, position by position
         self.last = Result()                      # of the last `generate`
@@ -89,6 +85,14 @@ class Engine:
         """Another engine over the same weights, with its own cache and this configuration
         (with `changes`, e.g. draft_max=0)."""
         return Engine(self.W, self.cfg, self.tok, replace(self.config, **changes))
+
+    def probe(self) -> None:
+        """Evaluate <bos> in a scratch context of its own: ModelError now, rather than at
+        the first reply, when the weights or settings compute NaN or infinite logits (a
+        NaN weight anywhere reaches every logit of this one pass)."""
+        bos = self.tok.bos_id
+        logits = self.spawn(n_ctx=2)._forward(Prompt([bos]), [bos], 0, 1, "last")    # [1, n_vocab]
+        check_logits(logits[0], self.cfg.path, 0)
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -275,8 +279,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 # -- the decoding loop ------------------------------------------------------------------------
 
-def step(gens: list[Generation], chunk: int | None = None,
-         draft: bool = True) -> Iterator[tuple[Generation, Token | Progress]]:
+def step(gens: list[Generation], chunk: int | None = None, draft: bool = True,
+         stopped: Callable[[], bool] | None = None) -> Iterator[tuple[Generation, Token | Progress]]:
     """One turn of a batch of generations, each on its own engine over the same weights:
 
     1. the first generation still reading its prompt reads one chunk (`chunk` tokens);
@@ -287,8 +291,10 @@ def step(gens: list[Generation], chunk: int | None = None,
        product of the output matrix.
 
     Events are yielded as they happen. Closing the iterator between them leaves every
-    cache consistent with what its generation emitted. An exception from one generation
-    ends it (`error`); one from a batched evaluation ends the batch."""
+    cache consistent with what its generation emitted; so does `stopped()` turning true
+    during a drafted round (checked between its positions: the round is dropped). An
+    exception from one generation ends it (`error`); one from a batched evaluation ends
+    the batch."""
     reader = next((g for g in gens if g.phase is Phase.READ), None)
     if reader is not None:
         try:
@@ -312,7 +318,12 @@ def step(gens: list[Generation], chunk: int | None = None,
         return
     reading = any(g.phase is Phase.READ for g in gens)      # a prompt waits: no long rounds
     if draft and not reading and all(g.engine.can_draft(g) for g in ready):
-        yield from _draft_round(ready)
+        try:
+            yield from _draft_round(ready, stopped)
+        except Exception as e:                  # each cache was cut back; all fail alike
+            for g in ready:
+                if not g.done:
+                    g.fail(e)
         return
     t = time.perf_counter()
     try:
@@ -326,7 +337,8 @@ def step(gens: list[Generation], chunk: int | None = None,
         g.evaluated(row, dt)
 
 
-def _draft_round(gens: list[Generation]) -> Iterator[tuple[Generation, Token]]:
+def _draft_round(gens: list[Generation], stopped: Callable[[], bool] | None = None
+                 ) -> Iterator[tuple[Generation, Token]]:
     """Greedy decoding of `gens` (in EVAL) for a few positions, exact (draft.py). Each
     position runs the layers for every generation's input, then guesses its next token
     from the draft vocabulary and feeds that in; one product of the output matrix then
@@ -348,6 +360,8 @@ def _draft_round(gens: list[Generation]) -> Iterator[tuple[Generation, Token]]:
         t0 = time.perf_counter()
         xs, guesses, states = [g.next_input for g in gens], [[] for _ in gens], []
         for _ in range(n):
+            if stopped is not None and stopped():
+                return                                                    # nothing chosen yet: drop it
             h = decode_batch(engines, xs, output=False)                   # [B, d]
             states.append(h)
             xs = [dv.guess(h[i], g.params, g.ids + guesses[i]) for i, (dv, g) in enumerate(zip(vocabs, gens))]
@@ -359,14 +373,18 @@ def _draft_round(gens: list[Generation]) -> Iterator[tuple[Generation, Token]]:
         for i, (g, e, dv) in enumerate(zip(gens, engines, vocabs)):
             g.result.decode_s += dt
             for j in range(n):
-                tok = g.choose(full[j * B + i], evaluated=bases[i] + j + 1)
+                try:
+                    tok = g.choose(full[j * B + i], evaluated=bases[i] + j + 1)
+                except Exception as e:            # this reply ends (bad logits); the others go on
+                    g.fail(e)
+                    break
                 keep[i] = bases[i] + j + 1
                 g.result.decode_steps += 1
                 if tok is not None:
                     if tok.id >= 0:
                         dv.add([tok.id])
                     yield g, tok
-                if g.done:
+                if g.phase is not Phase.EVAL:     # it ended, or shifted its context
                     break
                 hit = g.next_input == guesses[i][j]
                 g.result.draft_n += 1

@@ -16,7 +16,8 @@ engine it runs on owns the KV cache and the weights.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
@@ -24,7 +25,33 @@ import numpy as np
 from .sampling import Constraint, SamplingParams, log_softmax, sample
 
 if TYPE_CHECKING:
-    from .engine import Engine, Prompt
+    from .engine import Engine
+
+
+@dataclass
+class ImageSlot:
+    start: int                 # index of the first soft token in the prompt
+    embeds: np.ndarray         # [n, d] float32, exactly as they enter the text model
+    key: int                   # content hash: equal images reuse the cache
+
+
+@dataclass
+class Prompt:
+    tokens: list[int]          # image slots hold a placeholder id (ignored)
+    images: list[ImageSlot] = field(default_factory=list)
+
+    def ids(self) -> list[int]:
+        """What the cache records for each position: the token id, or for an image's soft
+        tokens a negative number from the image's hash and the row (so prefix reuse sees
+        equal images as equal and different ones as different)."""
+        ids = list(self.tokens)
+        for im in self.images:
+            base = -(1 + (im.key % (1 << 40)) * 4096)
+            ids[im.start:im.start + len(im.embeds)] = range(base, base - len(im.embeds), -1)
+        return ids
+
+    def __len__(self) -> int:
+        return len(self.tokens)
 
 
 class Stop(enum.Enum):
@@ -33,12 +60,29 @@ class Stop(enum.Enum):
     EOS = ("stop", "eos", "the end of the reply (end of turn or text)")
     WORD = ("stop", "word", "a stop string")
     CONSTRAINT = ("stop", "eos", "the end of the constrained output")
+    BANNED = ("stop", "eos", "no token left to choose (the logit bias bans every one)")
     LIMIT = ("length", "limit", "the length limit")
     CONTEXT = ("length", "limit", "the full context")
     CANCELLED = ("stop", "none", "an interruption (Ctrl-C, or the client left)")
 
     def __init__(self, finish_reason: str, stop_type: str, words: str):
         self.finish_reason, self.stop_type, self.words = finish_reason, stop_type, words
+
+
+class ModelError(ValueError):
+    """The model computed NaN or infinite logits: its file (weights or settings) is broken.
+    The message names the file."""
+
+
+def check_logits(logits: np.ndarray, path: str, position: int) -> None:
+    """ModelError unless every logit is finite. why: NaN would otherwise reach the
+    sampler as garbage text or numpy's "probabilities contain NaN"; min and max are two
+    passes without a temporary array (NaN propagates through both)."""
+    lo, hi = float(logits.min()), float(logits.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        what = "NaN" if math.isnan(lo) or math.isnan(hi) else "infinite"
+        raise ModelError(f"{path or 'the model'}: the model computed {what} logits (at position {position}): "
+                         f"its weights or settings are broken; the file may be damaged")
 
 
 def rate(n: int, seconds: float) -> float:
@@ -61,10 +105,16 @@ class Result:
     stopping_word: str = ""     # the stop string that ended it (Stop.WORD)
     text: str = ""
     slot: int = 0               # the server slot (engine) that ran it
+    shifts: int = 0             # times the full context was shifted (EngineConfig.context_shift)
 
     @property
     def finish_reason(self) -> str:
         return self.stop.finish_reason if self.stop else ""
+
+    @property
+    def truncated(self) -> bool:
+        """Did the context run out (llama-server's `truncated`): shifted, or full at the end?"""
+        return self.shifts > 0 or self.stop is Stop.CONTEXT
 
     @property
     def prefill_tok_s(self) -> float:
@@ -128,6 +178,7 @@ class Generation:
         self.next_input: int | None = None      # the token to evaluate, in EVAL
         self.error: Exception | None = None
         self._reading: Iterator | None = None   # the engine's prefill_chunks, in READ
+        self._reread: Result | None = None      # after a context shift: that prefill's numbers
 
     @property
     def done(self) -> bool:
@@ -139,18 +190,27 @@ class Generation:
         """Evaluate one chunk of the prompt (at most `chunk` tokens); the first call also
         finds the cached prefix. Progress after each; the prompt read, the phase is CHOOSE."""
         first = self._reading is None
+        into = self._reread or self.result
         if first:
-            self._reading = self.engine.prefill_chunks(self.prompt, self.result, chunk=chunk)
+            self._reading = self.engine.prefill_chunks(self.prompt, into, chunk=chunk)
         for _ in range(2 if first else 1):
             done, total, logits = next(self._reading)
-            yield Progress(done, total, self.result.cached_tokens)
-            if done == total:
-                self._reading.close()
-                self._reading = None
-                self.logits, self.phase = logits, Phase.CHOOSE
-                if self.max_tokens == 0:
-                    self._finish(Stop.LIMIT)
-                return
+            progress = Progress(done, total, into.cached_tokens)
+            if done < total:
+                yield progress
+                continue
+            # why: the state moves on before the last event is yielded, so that a consumer
+            # stopping at it (the scheduler does when any client leaves) keeps the logits
+            self._reading.close()
+            self._reading = None
+            self.logits, self.phase = logits, Phase.CHOOSE
+            if self._reread is not None:                # a shift's recomputation is decoding time
+                self.result.decode_s += self._reread.prefill_s
+                self._reread = None
+            if self.max_tokens == 0:
+                self._finish(Stop.LIMIT)
+            yield progress
+            return
 
     def choose(self, logits: np.ndarray | None = None, evaluated: int | None = None) -> Token | None:
         """Sample from `logits` (default: the fresh ones) and apply the stop rules; the
@@ -159,9 +219,10 @@ class Generation:
         logits = self.logits if logits is None else logits
         self.logits = None
         st = self.result
+        check_logits(logits, self.engine.cfg.path, len(self.ids))
         tok = sample(logits, self.params, self.rng, self.ids, self.constraint)
         if tok is None or (tok in self.engine.stop_ids and not self.ignore_eos):
-            self._finish(Stop.EOS if tok is not None else Stop.CONSTRAINT)
+            self._finish(Stop.EOS if tok is not None else Stop.CONSTRAINT if self.constraint else Stop.BANNED)
             text = self.pending + self.decoder.flush()          # what the stop strings held back
             st.text += text
             return Token(-1, text) if text else None
@@ -180,13 +241,32 @@ class Generation:
         elif self.max_tokens is not None and 0 <= self.max_tokens <= st.generated_tokens:
             self._finish(Stop.LIMIT)
         elif evaluated + 1 >= self.engine.n_ctx:
-            self._finish(Stop.CONTEXT)
+            if self.engine.config.context_shift and not self.prompt.images:
+                self._shift()
+            else:
+                self._finish(Stop.CONTEXT)
         if self.done and word is None:
             text, self.pending = text + self.pending + self.decoder.flush(), ""
         st.text += text
-        if not self.done:
+        if self.phase is not Phase.READ and not self.done:   # READ: a context shift rereads first
             self.next_input, self.phase = tok, Phase.EVAL
         return Token(tok, text, lp, top)
+
+    def _shift(self) -> None:
+        """The context is full: keep the first n_keep tokens (--keep; -1: the prompt; BOS
+        always), drop the older half of the rest, and read what is kept again (READ), as
+        llama-server's --context-shift does. why recompute: the kept tokens move to new
+        positions, and RoPE makes their cached keys position-dependent; recomputing gives
+        exactly a fresh run over the kept text (the first n_keep stay cached)."""
+        n = len(self.ids) - 1                   # positions held; the last token awaits them
+        keep = self.engine.config.n_keep
+        keep = len(self.prompt.tokens) if keep < 0 else keep + 1
+        keep = min(keep, self.engine.n_ctx - 4)
+        drop = max(0, min((n - keep) // 2, n - keep - 1))
+        self.ids = self.ids[:keep] + self.ids[keep + drop:]
+        self.prompt = Prompt(list(self.ids))
+        self.phase, self._reread = Phase.READ, Result()
+        self.result.shifts += 1
 
     def evaluated(self, logits: np.ndarray, seconds: float) -> None:
         """The next input was evaluated (in `seconds`, shared with its batch)."""

@@ -24,7 +24,8 @@ import numpy as np
 
 from . import model as M
 from .chat import ChatFormat, ImageRef, render, resolve_template
-from .engine import Engine, EngineConfig, ImageSlot, Prompt, Result
+from .engine import Engine, EngineConfig, check_memory
+from .generation import ImageSlot, Prompt, Result
 from .gguf import GGUFFile
 from .sampling import OPTIONS, SamplingParams
 from .structured import Structured
@@ -46,6 +47,7 @@ class LLM:
         self.gguf = gguf
         self.cfg = M.Config.from_gguf(gguf)
         self.tokenizer: Tokenizer = load_tokenizer(gguf)
+        check_memory(self.cfg, config.n_ctx if config.n_ctx > 0 else self.cfg.n_ctx_train)   # before the weights
         self.weights = M.load_weights(gguf, self.cfg, resident=resident, threads=threads)
         self.engine = Engine(self.weights, self.cfg, self.tokenizer, config)
         self.vision = None
@@ -110,6 +112,27 @@ class LLM:
         the top_n alternatives: [(logprob, [(id, logprob)])]."""
         prompt = ids if isinstance(ids, Prompt) else self.prompt_of(ids)
         return self.engine.prompt_logprobs(prompt, top_n)
+
+    def embed(self, texts: str | list[str] | list[int] | list[list[int]], pooling: str | None = None,
+              normalize: bool = True) -> np.ndarray:
+        """Embeddings as llama.cpp computes them (runner/embedding.py): one text (or list
+        of token ids) -> [d], a list of them -> [n, d], float32, L2-normalized unless
+        normalize=False. `pooling`: mean, last, cls, or none (one text's [n_tokens, d]);
+        default: the file's declared pooling, else mean. Texts get BOS; computed in fresh
+        contexts, so the engine's cache is left as it was."""
+        from .embedding import Pooling, default_pooling, embed_packs, input_items, token_lists
+        from .embedding import normalize as norm_rows
+        how = default_pooling(self.gguf) if pooling is None else Pooling(pooling)
+        items, single = input_items(texts)
+        if how is Pooling.NONE and not single:
+            raise ValueError("pooling 'none' gives a matrix per input: embed one text at a time")
+        inputs = token_lists(items, lambda t: self.tokenize(t, add_bos=True), self.n_vocab, self.n_ctx)
+        p = 2 if normalize else -1
+        out = [v for pack in embed_packs(self.weights, self.cfg, inputs, how, self.engine.config.n_batch, p)
+               for _, v in pack]
+        if how is Pooling.NONE:
+            return norm_rows(out[0], p)
+        return out[0] if single else np.stack(out)
 
     # -- generation ------------------------------------------------------------------------
 
@@ -250,8 +273,9 @@ class LLM:
 
 def load(model_path: str | os.PathLike, mmproj: str | os.PathLike | GGUFFile | None = None, n_ctx: int = 8192,
          threads: int | None = None, resident: bool | None = None, offset: int = 0,
-         length: int | None = None, draft_max: int = 8, n_batch: int = 512) -> LLM:
-    """Load a Gemma 3 GGUF (from a file, or a region of one) ready to generate.
-    draft_max: greedy decoding checks up to this many guessed tokens at once (0: off)."""
-    return LLM(GGUFFile(model_path, offset, length), EngineConfig(n_ctx, n_batch, draft_max), threads=threads,
+         length: int | None = None, **config) -> LLM:
+    """Load a Gemma 3 GGUF (from a file, or a region of one) ready to generate. `config`:
+    the rest of EngineConfig (n_batch, draft_max: greedy decoding checks up to this many
+    guessed tokens at once, 0 = off; context_shift, n_keep)."""
+    return LLM(GGUFFile(model_path, offset, length), EngineConfig(n_ctx=n_ctx, **config), threads=threads,
                resident=resident, mmproj=mmproj)

@@ -42,6 +42,7 @@ class Config:
     n_ctx_train: int
     query_scale: float
     name: str = ""
+    path: str = ""              # the GGUF file, for error messages
 
     def is_sliding(self, il: int) -> bool:
         return self.sliding[il]
@@ -86,15 +87,26 @@ class Config:
         vocab = g.tensors.get("token_embd.weight")
         if vocab is None:
             raise GGUFError(f"{g.path}: tensor token_embd.weight is missing")
+
+        def positive(name, default, kind=float):
+            # why: a NaN epsilon or a zero RoPE base loads fine and then computes NaN logits
+            v = key(name, default, kind)
+            if not (math.isfinite(v) and v > 0):
+                raise GGUFError(f"{g.path}: gemma3.{name}: expected a finite number > 0, found {v!r}")
+            return v
+
+        if not (math.isfinite(scale) and scale > 0):
+            raise GGUFError(f"{g.path}: gemma3.rope scaling factor: expected a finite number > 0, found {scale!r}")
         return cls(
-            n_vocab=vocab.shape[0], d=d, n_layer=n_layer, d_ff=key("feed_forward_length"),
+            n_vocab=vocab.shape[0], d=d, n_layer=n_layer, d_ff=positive("feed_forward_length", None, int),
             n_head=n_head, n_kv=n_kv, head_dim=head_dim,
-            eps=key("attention.layer_norm_rms_epsilon", 1e-6, float),
-            rope_base=key("rope.freq_base", 1e6, float),
-            rope_base_local=key("rope.freq_base_swa", 10000.0, float),
-            rope_scale=scale, sliding_window=window, sliding=sliding,
-            n_ctx_train=key("context_length", 8192), query_scale=q_scalar ** -0.5,
-            name=str(g.get("general.name", "") or ""),
+            eps=positive("attention.layer_norm_rms_epsilon", 1e-6),
+            rope_base=positive("rope.freq_base", 1e6),
+            rope_base_local=positive("rope.freq_base_swa", 10000.0),
+            rope_scale=scale,
+            sliding_window=window, sliding=sliding,
+            n_ctx_train=positive("context_length", 8192, int), query_scale=q_scalar ** -0.5,
+            name=str(g.get("general.name", "") or ""), path=g.path,
         )
 
 

@@ -15,6 +15,7 @@ acts on it unchanged.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
@@ -23,10 +24,10 @@ import numpy as np
 
 
 def option(default: Any, help: str, flag: str | None = None, lo: float | None = None,
-           hi: float | None = None) -> Any:
+           hi: float | None = None, above: bool = False) -> Any:
     """A sampling parameter: its default, help text, command-line flag ("-s/--seed") and
-    the range every front end enforces."""
-    meta = {"help": help, "flag": flag, "lo": lo, "hi": hi}
+    the range every front end enforces (`above`: lo itself is excluded)."""
+    meta = {"help": help, "flag": flag, "lo": lo, "hi": hi, "above": above}
     if isinstance(default, dict):
         return field(default_factory=dict, metadata=meta)
     return field(default=default, metadata=meta)
@@ -39,7 +40,9 @@ class SamplingParams:
     typical_p: float = option(1.0, "locally typical sampling (default 1.0 = off)", "--typical", 0.0, 1.0)
     top_p: float = option(0.95, "top-p sampling (default 0.95; 1 = off)", "--top-p", 0.0, 1.0)
     min_p: float = option(0.05, "min-p sampling (default 0.05; 0 = off)", "--min-p", 0.0, 1.0)
-    repeat_penalty: float = option(1.0, "penalize repeated tokens (default 1.0 = off)", "--repeat-penalty", 0.0, 10.0)
+    # why > 0: the penalty divides positive logits by it (llama.cpp refuses <= 0 too)
+    repeat_penalty: float = option(1.0, "penalize repeated tokens (default 1.0 = off; > 0)", "--repeat-penalty",
+                                   0.0, 10.0, above=True)
     repeat_last_n: int = option(64, "tokens the penalties look back over (default 64; -1 = all)",
                                 "--repeat-last-n", -1)
     presence_penalty: float = option(0.0, "subtract X from tokens already seen (default 0 = off)",
@@ -47,7 +50,23 @@ class SamplingParams:
     frequency_penalty: float = option(0.0, "subtract X per time a token was seen (default 0 = off)",
                                       "--frequency-penalty", -2.0, 2.0)
     logit_bias: dict[int, float] = option({}, "token id -> bias added to its logit (-inf bans it)")
-    seed: int | None = option(None, "random seed (default: random)", "-s/--seed")
+    seed: int | None = option(None, "random seed (default -1: random)", "-s/--seed")
+
+    def __post_init__(self):
+        """Refuse what would make the sampler compute NaN, whatever the front end (the
+        declared ranges are the flags' and the APIs'); seed -1 means random, as in
+        llama.cpp, and other negative seeds wrap to 64 bits, as the server reads them."""
+        for name, opt in OPTIONS.items():
+            if opt.type == "float":
+                v = getattr(self, name)
+                if not math.isfinite(v):
+                    raise ValueError(f"{name} must be a finite number, got {v}")
+        if self.repeat_penalty <= 0:
+            raise ValueError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
+        if any(math.isnan(b) or b == math.inf for b in self.logit_bias.values()):
+            raise ValueError("logit_bias values must be finite numbers or -inf (a ban)")
+        if self.seed is not None and self.seed < 0:
+            self.seed = None if self.seed == -1 else self.seed & SEED_MASK
 
     @property
     def greedy(self) -> bool:
@@ -55,6 +74,24 @@ class SamplingParams:
 
 
 OPTIONS = {f.name: f for f in fields(SamplingParams)}     # name -> dataclass field (with metadata)
+SEED_MASK = (1 << 64) - 1                                 # numpy's generators take seeds >= 0
+PENALTY_CLIP = 1e30       # penalized logits stay far from float32's overflow (3.4e38)
+
+
+def in_range(opt, v: float) -> bool:
+    """Is `v` within the declared range of option `opt` (a dataclass field)? NaN is not."""
+    lo, hi, above = opt.metadata["lo"], opt.metadata["hi"], opt.metadata["above"]
+    return (lo is None or (v > lo if above else v >= lo)) and (hi is None or v <= hi) and v == v
+
+
+def range_text(opt) -> str:
+    """The declared range in words: "from 0 to 2", "> 0 and <= 10", ">= 0"."""
+    lo, hi, above = opt.metadata["lo"], opt.metadata["hi"], opt.metadata["above"]
+    if lo is not None and hi is not None:
+        return f"> {lo} and <= {hi}" if above else f"from {lo} to {hi}"
+    if lo is not None:
+        return f"> {lo}" if above else f">= {lo}"
+    return f"<= {hi}" if hi is not None else "a finite number"
 
 
 class Constraint(Protocol):
@@ -98,9 +135,11 @@ def apply_penalties(logits: np.ndarray, recent: list[int], repeat: float, presen
     ids, present = _entries(ids, pos)
     ids, n = ids[present], n[present]
     out = logits.copy()
-    v = out[ids]
+    v = out[ids].astype(np.float64)
     if repeat != 1.0:
-        v = np.where(v > 0, v / repeat, v * repeat)
+        # why the clip: a tiny penalty would push a logit past float32's range (inf -> NaN)
+        with np.errstate(over="ignore"):
+            v = np.clip(np.where(v > 0, v / repeat, v * repeat), -PENALTY_CLIP, PENALTY_CLIP)
     out[ids] = v - n * frequency - presence
     return out
 
@@ -208,21 +247,30 @@ def candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
            recent: list[int] = (), constraint: Constraint | None = None) -> int | None:
     """One token id from `logits` [n_vocab] under `params` (and `constraint`, whose
-    candidates replace top-k); None when the constraint allows nothing."""
+    candidates replace top-k); None when nothing may be chosen: the constraint allows
+    nothing, or the bias bans every token (-inf everywhere)."""
     logits = adjust(logits, params, recent)
     if constraint is None:
+        best = int(np.argmax(logits))
+        if logits[best] == -np.inf:
+            return None
         if params.greedy:
-            return int(np.argmax(logits))
+            return best
         ids, cl = candidates(logits, params)
     else:
         want = 1 if params.greedy else params.top_k if params.top_k > 0 else UNLIMITED_TOP_K
         ids, cl = constraint.candidates(logits, want)
+        allowed = cl > -np.inf                  # a banned token stays banned under a constraint
+        ids, cl = ids[allowed], cl[allowed]
         if not len(ids):
             return None
         if params.greedy:
             return int(ids[0])
         ids, cl = after_top_k(ids, cl, params)
-    return int(ids[rng.choice(len(ids), p=softmax(cl / params.temperature))])
+    # why shift first, in float64: a tiny temperature must not make inf - inf or 0 / 0 (NaN)
+    with np.errstate(over="ignore"):
+        scaled = (cl - cl[0]).astype(np.float64) / params.temperature
+    return int(ids[rng.choice(len(ids), p=softmax(scaled))])
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

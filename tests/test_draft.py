@@ -254,3 +254,15 @@ def test_a_constrained_greedy_reply_drafts_and_equals_undrafted(llm, schema):
     assert drafted == plain and r1.stop == r0.stop
     assert r1.draft_n and r1.draft_accepted > 0.5 * r1.draft_n
 
+
+@pytest.mark.parametrize("draft_max", [0, 8])
+def test_context_shift_greedy_equals_a_fresh_run_over_the_kept_tokens(model_path, draft_max):
+    """On the real model, greedy (drafted or not) through shifted contexts: what follows
+    the first shift is exactly the greedy continuation of the kept tokens."""
+    import runner
+    from test_engine import shifted_run
+    small = runner.load(model_path, n_ctx=64, draft_max=draft_max, context_shift=True)
+    out, kept, at, _ = shifted_run(small, Prompt(small.tokenize(PROMPTS[0])), GREEDY, 100)
+    fresh = small.engine.spawn()
+    follow = [t.id for t in fresh.generate(Prompt(kept), GREEDY, max_tokens=24, ignore_eos=True) if t.id >= 0]
+    assert out[at:at + 24] == follow

@@ -10,7 +10,7 @@ import pytest
 
 import runner
 from runner.cache import FullCache, SlidingCache
-from runner.engine import ContextError, Prompt
+from runner.engine import ContextError, Prompt, step
 from runner.generation import Stop
 from runner.sampling import SamplingParams
 
@@ -120,6 +120,25 @@ def test_max_tokens_and_finish_reasons(llm):
     assert llm.engine.last.generated_tokens == 5
 
 
+def test_a_step_closed_at_the_prompts_last_event_keeps_its_logits(llm):
+    """The scheduler closes a step when any client leaves; closed right after a reply's
+    prompt is read, the reply must go on as if uninterrupted (it once lost the logits and
+    failed with "generator raised StopIteration")."""
+    from runner.generation import Generation, Progress
+    ids = llm.tokenize(STORY)
+    want = fresh(llm, ids, n=4)
+    llm.engine.reset()
+    g = Generation(llm.engine, Prompt(list(ids)), GREEDY, max_tokens=4, ignore_eos=True)
+    events = step([g], chunk=8)
+    while not any(isinstance(e, Progress) and e.done == e.total for _, e in events):
+        events = step([g], chunk=8)
+    events.close()
+    got = []
+    while not g.done:
+        got += [e.id for _, e in step([g]) if not isinstance(e, Progress) and e.id >= 0]
+    assert g.error is None and got == want
+
+
 def test_context_full_stops_generation(tiny_path):
     small = runner.load(tiny_path, n_ctx=40)
     ids = small.tokenize(STORY)[:24]
@@ -186,9 +205,67 @@ def test_sliding_cache_truncate_knows_what_it_still_holds():
 def test_prefill_chunks_never_split_an_image():
     """An image's tokens attend to each other both ways, so a chunk ends before an image
     or after it, never inside."""
-    from runner.engine import ImageSlot, chunk_end
+    from runner.engine import chunk_end
+    from runner.generation import ImageSlot
     p = Prompt(list(range(1000)), [ImageSlot(100, np.zeros((256, 4), np.float32), 1)])
     assert chunk_end(p, 0, 1000, 256) == 100       # stops before the image
     assert chunk_end(p, 100, 1000, 256) == 356     # the image whole (it ends at 356)
     assert chunk_end(p, 100, 1000, 200) == 356     # a chunk starting at the image takes all of it
     assert chunk_end(p, 356, 1000, 200) == 556
+
+
+def shifted_run(llm, prompt, params, n):
+    """Generate n tokens through full contexts; (tokens, the first shift's kept tokens,
+    the index in tokens where what follows the shift starts, the rng as it was then)."""
+    import copy
+    from runner.generation import Generation
+    g = Generation(llm.engine, prompt, params, max_tokens=n, ignore_eos=True)
+    out, kept, at, rng = [], None, None, None
+    while not g.done:
+        for _, event in step([g]):
+            if hasattr(event, "id") and event.id >= 0:
+                out.append(event.id)
+            if kept is None and g.result.shifts == 1:
+                kept, at, rng = list(g.prompt.tokens), len(out), copy.deepcopy(g.rng)
+    assert g.result.stop is Stop.LIMIT and len(out) == n and g.result.shifts >= 2
+    return out, kept, at, rng
+
+
+def test_context_shift_continues_as_a_fresh_run_over_the_kept_tokens(tiny_path):
+    """With context_shift a full context keeps BOS (+ n_keep), drops the older half of the
+    rest and goes on; what follows equals a fresh run over the kept tokens (sampled, the
+    fresh run given the same random state: the tiny model's greedy text repeats itself)."""
+    from runner.generation import Generation
+    llm = runner.load(tiny_path, n_ctx=64, context_shift=True)
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=11)
+    out, kept, at, rng = shifted_run(llm, Prompt(llm.tokenize(STORY)[:20]), params, 200)
+    assert kept[0] == llm.tokenizer.bos_id and len(kept) < 64
+    assert kept[-1] == out[at - 1]                         # the token that met the full context
+    fresh = Generation(llm.engine.spawn(), Prompt(kept), params, max_tokens=20, ignore_eos=True)
+    fresh.rng = rng
+    follow = []
+    while not fresh.done:
+        follow += [e.id for _, e in step([fresh]) if hasattr(e, "id") and e.id >= 0]
+    assert out[at:at + 20] == follow
+    assert len(set(follow)) > 5                             # varied text, not one token repeated
+
+
+def test_without_context_shift_a_full_context_ends_the_reply(tiny_path):
+    llm = runner.load(tiny_path, n_ctx=64)
+    out = list(llm.engine.generate(Prompt(llm.tokenize(STORY)[:20]), GREEDY, max_tokens=400, ignore_eos=True))
+    assert llm.engine.last.stop is Stop.CONTEXT and llm.engine.last.shifts == 0 and len(out) < 64
+
+
+def test_drafted_greedy_equals_undrafted_on_varied_text(tiny_path):
+    """Drafting (several guessed positions checked at once) gives exactly the undrafted
+    greedy text. Repeat and presence penalties keep the tiny model from repeating itself, so
+    wrong guesses happen and must be cut back (test_draft.py: the real model)."""
+    varied = SamplingParams(temperature=0, presence_penalty=2.0, repeat_penalty=3.0, repeat_last_n=-1)
+    texts = []
+    for draft_max in (0, 8):
+        llm = runner.load(tiny_path, n_ctx=512, draft_max=draft_max)
+        ids = llm.tokenize(STORY)
+        texts.append([t.id for t in llm.engine.generate(Prompt(ids), varied, max_tokens=60, ignore_eos=True)])
+        drafted = llm.engine.last
+    assert texts[0] == texts[1] and len(set(texts[0])) > 20
+    assert drafted.draft_n > 0 and drafted.draft_accepted < drafted.draft_n      # some guesses were wrong

@@ -162,6 +162,31 @@ def test_chat_api_image_without_vision(files):
     assert r.status_code == 400 and "--mmproj" in r.json()["error"]["message"]
 
 
+def test_responses_api_with_an_image_equals_the_library(mm, server, files):
+    """client.responses.create with an input_image part (a data: URI)."""
+    import openai
+    _, _, pics = files
+    client = openai.OpenAI(base_url=server + "/v1", api_key="x", max_retries=0, timeout=120)
+    r = client.responses.create(model="m", max_output_tokens=6, temperature=0, input=[{"role": "user", "content": [
+        {"type": "input_image", "image_url": data_uri(pics[1])}, {"type": "input_text", "text": QUESTION}]}])
+    mm.engine.reset()
+    assert r.output_text == mm.chat(image_message(pics[1].read_bytes()), max_tokens=6, temperature=0)
+    assert r.usage.input_tokens == len(mm.chat_prompt(image_message(pics[1].read_bytes())))
+
+
+def test_anthropic_api_with_an_image_equals_the_library(mm, server, files):
+    """client.messages.create with a base64 image block."""
+    import anthropic
+    _, _, pics = files
+    client = anthropic.Anthropic(base_url=server, api_key="x", max_retries=0, timeout=120)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": base64.b64encode(pics[0].read_bytes()).decode()}}
+    m = client.messages.create(model="m", max_tokens=6, extra_body={"temperature": 0}, messages=[
+        {"role": "user", "content": [image, {"type": "text", "text": QUESTION}]}])
+    mm.engine.reset()
+    assert m.content[0].text == mm.chat(image_message(pics[0].read_bytes()), max_tokens=6, temperature=0)
+
+
 def test_embed_image_api(mm, files):
     _, _, pics = files
     from PIL import Image

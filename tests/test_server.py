@@ -335,3 +335,18 @@ def test_every_slot_drafts_as_configured(tiny_path, draft_max):
     assert (first["id_slot"], second["id_slot"]) == (0, 1)
     for r in (first, second):
         assert ("draft_n" in r["timings"]) == (draft_max > 1)
+
+
+def test_completion_reports_truncated_when_the_context_ran_out(tiny_path):
+    """llama-server's `truncated` is true when the context filled (and when it shifted)."""
+    import runner
+    for shift in (False, True):
+        llm = runner.load(tiny_path, n_ctx=64, context_shift=shift)
+        with serve_in_thread(create_app(llm, Options(log=False))) as url:
+            full = httpx.post(url + "/completion", json={"prompt": PROMPT, "n_predict": 200, "temperature": 0,
+                                                         "ignore_eos": True}, timeout=60).json()
+            short = httpx.post(url + "/completion", json={"prompt": PROMPT, "n_predict": 4, "temperature": 0},
+                               timeout=60).json()
+        assert full["truncated"] is True and short["truncated"] is False
+        n = full["tokens_predicted"]
+        assert full["stop_type"] == "limit" and n == (200 if shift else 64 - full["tokens_evaluated"])

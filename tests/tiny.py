@@ -34,9 +34,10 @@ def tiny_vocab(n: int) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 def write_tiny_gguf(path: Path, vocab: int = 320, d: int = 64, d_ff: int = 128, layers: int = 4, heads: int = 4,
                     kv_heads: int = 2, head_dim: int = 16, window: int = 16, context: int = 4096,
-                    seed: int = 0) -> Path:
+                    seed: int = 0, eps: float = 1e-6, rope_base: float = 1e6, bos_id: int = 2) -> Path:
     """A gemma3 GGUF with random weights (matrices Q8_0, norms F32 near 1): sliding layers
-    of `window` tokens, every second layer global."""
+    of `window` tokens, every second layer global. eps, rope_base and bos_id let tests
+    write broken settings."""
     rng = np.random.default_rng(seed)
     w = ggufpy.GGUFWriter(str(path), "gemma3")
     w.add_name("tiny gemma3")
@@ -48,8 +49,8 @@ def write_tiny_gguf(path: Path, vocab: int = 320, d: int = 64, d_ff: int = 128, 
     w.add_head_count_kv(kv_heads)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_rope_freq_base(1e6)
+    w.add_layer_norm_rms_eps(eps)
+    w.add_rope_freq_base(rope_base)
     w.add_sliding_window(window)
     w.add_uint32("gemma3.attention.sliding_window_pattern", 2)
     tokens, types, scores = tiny_vocab(vocab)
@@ -57,7 +58,7 @@ def write_tiny_gguf(path: Path, vocab: int = 320, d: int = 64, d_ff: int = 128, 
     w.add_token_list(tokens)
     w.add_token_scores(scores.tolist())
     w.add_token_types(types.tolist())
-    w.add_bos_token_id(2)
+    w.add_bos_token_id(bos_id)
     w.add_eos_token_id(1)
     w.add_unk_token_id(3)
     w.add_pad_token_id(0)

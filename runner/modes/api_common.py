@@ -1,6 +1,7 @@
-"""What both API adapters (openai_api, llama_api) share: options, state, errors,
-request field validation, a request's sampling settings and job, and the one loop that
-turns a job's events into a response (collected, or streamed as server-sent events).
+"""What the API adapters (openai_api, llama_api, embeddings_api, responses_api,
+anthropic_api) share: options, state, errors, request field validation, a request's
+sampling settings and job, and the one loop that turns a job's events into a response
+(collected, or streamed as server-sent events).
 
 Every value a client sends passes through `Fields`, which names the field, the expected
 type or range and what was found, so that a bad request is a 400 with a useful message
@@ -26,8 +27,8 @@ from starlette.responses import StreamingResponse
 
 from ..chat import ChatError
 from ..engine import ContextError, Prompt
-from ..generation import Result, Token
-from ..sampling import OPTIONS, SamplingParams
+from ..generation import ModelError, Result, Token
+from ..sampling import OPTIONS, SamplingParams, in_range, range_text
 from ..structured import SchemaConstraint, SchemaError
 from ..structured.tools import ToolConstraint, ToolSpec, calls_or_schema
 from .slots import Job, Metrics
@@ -64,18 +65,26 @@ class Options:
     port: int = 8080
     api_key: str | None = None
     parallel: int = 1
+    pooling: str | None = None           # embeddings (--pooling); None: the model file's, else mean
     nobrowser: bool = True
     log: bool = True
     sampling: SamplingParams = field(default_factory=SamplingParams)   # a request's defaults
     n_predict: int = -1                  # default token limit (-1: none)
     model_path: str = ""
+    timeout: float = 10.0                # seconds for a request's head; the longest pause in its body
+    keep_alive: float = 5.0              # seconds an idle connection stays open between requests
+    max_connections: int = 512           # then new ones replace the longest idle (limits.py)
+    max_body: int = 100 << 20            # bytes of a request body (a few images as base64)
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback ones (origin.py)
 
     @classmethod
     def from_args(cls, args) -> Options:
         from ..args import sampling_from_args
         return cls(host=args.host, port=args.port, api_key=args.api_key or None, parallel=args.parallel,
+                   pooling=args.pooling,
                    nobrowser=args.nobrowser, log=not args.log_disable, sampling=sampling_from_args(args),
-                   n_predict=args.n_predict, model_path=args.model or "")
+                   n_predict=args.n_predict, model_path=args.model or "", timeout=args.timeout,
+                   allowed_hosts=tuple(n for arg in args.allowed_hosts for n in arg.split(",")))
 
 
 class State:
@@ -117,13 +126,65 @@ class State:
 
 # -- request fields -------------------------------------------------------------------------
 
+MAX_JSON_DEPTH = 100         # nesting of a request body (a chat request needs about 6)
+
+
+class _BadNumber(ValueError):
+    """A number the request body may not hold."""
+
+
+def _json_float(s: str) -> float:
+    v = float(s)
+    if not math.isfinite(v):                        # 1e400 parses as inf
+        raise _BadNumber(f"the number {s[:40]} is out of range (not a finite 64-bit float)")
+    return v
+
+
+def _json_int(s: str) -> int:
+    # why check the digits first: Python refuses to convert more than 4,300 of them
+    v = int(s) if len(s) <= 21 else None
+    if v is None or not -(1 << 63) <= v < (1 << 64):
+        raise _BadNumber(f"the integer {s[:24]}{'...' if len(s) > 24 else ''} is out of range "
+                         f"({len(s.lstrip('-'))} digits; integers here fit in 64 bits)")
+    return v
+
+
+def _json_constant(s: str) -> Any:
+    raise _BadNumber(f"{s} is not a JSON number")   # NaN, Infinity: Python's extension, not JSON
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in `value` (walked without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = v.values()
+        elif not isinstance(v, list):
+            continue
+        deepest = max(deepest, d)
+        if d <= MAX_JSON_DEPTH:
+            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return deepest
+
+
 def parse_json(raw: bytes) -> Any:
+    """The request body as JSON, checked up front: numbers that fit 64 bits, nesting up
+    to MAX_JSON_DEPTH (so that no later step meets inf, a 5,000-digit integer or a
+    RecursionError)."""
     if not raw.strip():
         raise bad("the request body is empty: expected a JSON object")
     try:
-        return json.loads(raw)
+        body = json.loads(raw, parse_float=_json_float, parse_int=_json_int, parse_constant=_json_constant)
+    except _BadNumber as e:
+        raise bad(f"the request body is not accepted: {e}") from None
+    except RecursionError:
+        raise bad(f"the request body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise bad(f"the request body is not valid JSON: {e}") from None
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise bad(f"the request body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep")
+    return body
 
 
 def _type_name(v: Any) -> str:
@@ -259,6 +320,8 @@ def sampling_params(f: Fields, defaults: SamplingParams, n_vocab: int, server_se
             given[name] = f.integer(name, getattr(defaults, name), lo, hi)
         elif opt.type == "float":
             given[name] = f.number(name, getattr(defaults, name), lo, hi)
+            if not in_range(opt, given[name]):       # an open bound (repeat_penalty > 0)
+                raise bad(f"'{name}' must be {range_text(opt)}, got {given[name]:g}", name)
     seed = f.integer("seed", server_seed)
     given["seed"] = None if seed is None or seed == -1 else seed & 0xFFFFFFFFFFFFFFFF   # numpy wants >= 0
     return replace(defaults, logit_bias=f.logit_bias(n_vocab), **given)
@@ -271,6 +334,14 @@ def max_tokens(f: Fields, default: int, *names: str) -> int | None:
             n = f.integer(name, None, -1)
             return None if n == -1 else n
     return None if default < 0 else default
+
+
+def sampling_fields(f: Fields, **extra: Any) -> Fields:
+    """A request of another shape (Responses, Anthropic) as the chat-completions fields
+    request_job reads: its sampling options under their own names (temperature, top_p,
+    top_k, and llama.cpp's others), the model, and `extra` (stop, response_format)."""
+    keep = {k: v for k, v in f.body.items() if k in OPTIONS or k in ("seed", "model")}
+    return Fields({**keep, **extra})
 
 
 # -- responses ------------------------------------------------------------------------------
@@ -299,6 +370,12 @@ def model_id(llm) -> str:
 
 def sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def sse_event(obj: dict) -> bytes:
+    """A named server-sent event (`event: TYPE`), as the Responses and Anthropic APIs
+    send them: the name is the object's own "type"."""
+    return b"event: " + obj["type"].encode() + b"\n" + sse(obj)
 
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -413,6 +490,9 @@ def job_error(state: State, e: Exception) -> APIError | Exception:
     logged with its traceback."""
     if isinstance(e, (ContextError, ChatError)):
         return bad(str(e))
+    if isinstance(e, ModelError):                   # the server's model, not the request: one line
+        state.log(f"error during generation: {e}")
+        return APIError(503, str(e), "server_error", code="model_error")
     if not isinstance(e, APIError):
         state.log("error during generation:\n" + "".join(traceback.format_exception(e)).rstrip())
     return e
@@ -437,27 +517,32 @@ async def collect(state: State, job: Job, request: Request) -> tuple[str, list[T
     return "".join(text), tokens, result, scored
 
 
+def error_chunks(e: Exception) -> list[dict]:
+    """An error once a stream began (the status is already sent), as OpenAI's error body."""
+    return [e.body() if isinstance(e, APIError) else
+            error_body("the server failed while generating; see its log", "server_error")]
+
+
 def stream(state: State, job: Job, render: Callable[[str, Any], list[dict]], opening: list[dict] = (),
-           done: bool = True) -> StreamingResponse:
+           done: bool = True, frame: Callable[[dict], bytes] = sse,
+           error: Callable[[Exception], list[dict]] = error_chunks) -> StreamingResponse:
     """A job's events as server-sent events: the `opening` chunks, then each event
     ("progress", "prompt_logprobs", "token", "done") as the chunks the API's `render`
-    makes of it (an error after the stream began becomes an error event: the status is
-    already sent), then [DONE] if `done`."""
+    makes of it (an error after the stream began becomes the chunks `error` makes of
+    it), then [DONE] if `done`. `frame` writes a chunk (named events: sse_event)."""
     async def body() -> AsyncIterator[bytes]:
         for c in opening:
-            yield sse(c)
+            yield frame(c)
         async with aclosing(state.pool.run(job)) as run:
             async for kind, v in run:
                 if kind == "error":
-                    e = job_error(state, v)
-                    chunks = [e.body() if isinstance(e, APIError) else
-                              error_body("the server failed while generating; see its log", "server_error")]
+                    chunks = error(job_error(state, v))
                 else:
                     if kind == "done":
                         state.finished(v)
                     chunks = render(kind, v)
                 for c in chunks:
-                    yield sse(c)
+                    yield frame(c)
         if done:
             yield SSE_DONE
 

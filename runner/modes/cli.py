@@ -11,9 +11,8 @@ usage mistake).
 The prompt is completed as raw text, as llamafile --cli does, whatever the model (a chat
 model included): the output is `llm.complete(prompt)` for the same settings. With
 --json-schema (or --json-schema-file) the completion is JSON that the schema accepts, and
-ends with it. Given
---chat-template (or --image), the prompt is instead sent as one user message in that
-chat format, and the output is the model's reply.
+ends with it. Given --chat-template, --chat-template-file or --image, the prompt is instead
+sent as one user message in that chat format, and the output is the model's reply.
 """
 from __future__ import annotations
 
@@ -22,12 +21,13 @@ import sys
 
 from ..args import UserError, die, read_prompt, sampling_from_args, stop_strings
 from ..engine import ContextError, Prompt
+from ..generation import ModelError
 
 
 def build_prompt(llm, args, text: str) -> tuple[Prompt, str]:
     """The model's input for `text` and what to show of it: raw text, or one user message
     in the chat format when --chat-template or --image asks for one."""
-    if not (args.chat_template or args.image):
+    if not (args.chat_template or args.chat_template_file or args.image):
         return llm.prompt_of(text), text
     content = text
     if args.image:
@@ -82,7 +82,7 @@ def run(llm, args) -> int:
             out.write(shown)
         for tok in tokens:
             out.write(tok.text)
-    except ContextError as e:
+    except (ContextError, ModelError) as e:      # a prompt too long; a model computing NaN
         return die(str(e))
     except KeyboardInterrupt:
         if out.last != "\n":
@@ -98,7 +98,8 @@ def run(llm, args) -> int:
         s = llm.stats
         log(f"prompt {s.prompt_tokens} tokens ({s.cached_tokens} cached), {s.prefill_s:.2f} s, "
             f"{s.prefill_tok_s:.1f} tok/s | generated {s.generated_tokens} tokens, {s.decode_s:.2f} s, "
-            f"{s.decode_tok_s:.1f} tok/s | ended by {s.stop.words}")
+            f"{s.decode_tok_s:.1f} tok/s | ended by {s.stop.words}"
+            + (f" ({s.shifts} context shift{'s' * (s.shifts > 1)})" if s.shifts else ""))
     return 0
 
 

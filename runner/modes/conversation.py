@@ -26,8 +26,8 @@ import re
 from dataclasses import dataclass
 
 from ..chat import ChatError, ImageRef, render
-from ..engine import Engine, ImageSlot, Prompt, common_prefix
-from ..generation import Result
+from ..engine import Engine, common_prefix
+from ..generation import ImageSlot, Prompt, Result
 
 MARK_OPEN, MARK_CLOSE = "\ue000", "\ue001"       # private-use characters: never in typed text
 _MARK = re.compile("\ue000(\\d+)\ue001")

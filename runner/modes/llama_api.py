@@ -47,7 +47,7 @@ async def completion(state: State, request: Request) -> Response:
                 "tokens_cached": r.cached_tokens, "generation_settings": settings(state),
                 "stop_type": r.stop.stop_type, "stopping_word": r.stopping_word,
                 "stopped_eos": r.stop.stop_type == "eos", "stopped_word": r.stop.stop_type == "word",
-                "stopped_limit": r.stop.stop_type == "limit", "truncated": False, "timings": r.timings()}
+                "stopped_limit": r.stop.stop_type == "limit", "truncated": r.truncated, "timings": r.timings()}
 
     if not f.boolean("stream", False):
         text, tokens, r, _ = await collect(state, job, request)

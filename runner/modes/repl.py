@@ -24,13 +24,14 @@ from .. import __version__
 from ..args import PROG, UserError, die, read_prompt, sampling_from_args, stop_strings
 from ..chat import ChatError
 from ..engine import ContextError
-from ..generation import Result, Stop
+from ..generation import ModelError, Result, Stop
 from . import commands
 from .conversation import Conversation, sync_cache, warm_cache
 from .terminal import PlainReader, TerminalReader, unquote
 from .upload import upload
 
 RAW_REPLY_TOKENS = 256          # a base model rarely ends its text: it writes a page at a time
+REPLY_ROOM = 256                # tokens a turn keeps free for the reply (at most a quarter of -c)
 
 
 class Screen:
@@ -136,7 +137,7 @@ class Repl:
 
     def turn(self, text: str) -> None:
         try:
-            turn = self.conv.prompt(text)
+            turn = self.make_room(self.conv.prompt(text), text)
         except ChatError as e:
             self.screen.error(str(e))
             return
@@ -157,6 +158,9 @@ class Repl:
         except ContextError:
             self.screen.error(self._full(f"this message needs {len(turn.tokens)} tokens and the "
                                          f"context holds {self.llm.n_ctx}"))
+            return
+        except ModelError as e:                     # the chat goes on: /clear, another message
+            self.screen.error(str(e))
             return
         finally:
             if gen is not None:
@@ -181,7 +185,25 @@ class Repl:
         if result.stop is Stop.CANCELLED:
             self.screen.note("[stopped]")
         elif result.stop is Stop.CONTEXT:
-            self.screen.error(self._full("the reply was cut short"))
+            self.screen.error("the context is full: the reply was cut short (your next message makes room "
+                              "by dropping the oldest exchanges)")
+
+    def make_room(self, turn, text: str):
+        """The turn, after dropping the oldest exchanges (the system prompt stays) while it
+        leaves less than REPLY_ROOM tokens (or the -n limit) for the reply; each drop is
+        said. A message too long on its own is left for generate to refuse."""
+        room = min(self.limit or REPLY_ROOM, self.llm.n_ctx // 4)
+        first, before, dropped = turn, self.conv.state, 0
+        while len(turn.tokens) + room > self.llm.n_ctx and self.conv.forget() is not None:
+            dropped += 1
+            turn = self.conv.prompt(text)
+        if len(turn.tokens) >= self.llm.n_ctx:        # too long on its own: drop nothing
+            self.conv.state = before
+            return first
+        if dropped:
+            self.screen.note(f"[the context is full: dropped the oldest exchange{'s' * (dropped > 1)} "
+                             f"({dropped}); the system prompt stays]")
+        return turn
 
     def _full(self, why: str) -> str:
         train = self.llm.cfg.n_ctx_train

@@ -9,6 +9,11 @@ next token, and the chosen tokens are evaluated together; with no other work wai
 greedy replies draft (engine.py). A client that leaves sets its job's cancel flag, which
 is checked after every event, so a reply stops within a token.
 
+Work that needs no slot (embeddings: scratch caches, read-only weights) comes as a
+`Chore`, a generator advanced one piece (one pass over the weights) per turn between
+decoding steps, so that it shares the cores with the replies in progress instead of
+competing with them from another thread.
+
 Engines are touched by this thread only, so no locks guard them. Events go to each
 job's `emit` (which hands them to the event loop); `finish` reports its end.
 """
@@ -20,7 +25,7 @@ import time
 import traceback
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 from ..engine import step
 from ..generation import Generation, Progress
@@ -39,15 +44,23 @@ class Running:
     t0: float = field(default_factory=time.perf_counter)
 
 
+@dataclass(eq=False)
+class Chore:
+    work: Iterator[Any]                               # each next() does one piece; StopIteration.value: the result
+    done: Callable[[Any, Exception | None], None]     # (result, error) on this thread; (None, None): dropped
+    cancel: threading.Event                           # set when the client leaves
+
+
 class Scheduler:
     def __init__(self):
-        self.inbox: queue.Queue[Running] = queue.Queue()
+        self.inbox: queue.Queue[Running | Chore] = queue.Queue()
         self.stopping = threading.Event()
         self.active: list[Running] = []
+        self.chores: list[Chore] = []
         self.thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self.thread.start()
 
-    def submit(self, r: Running) -> None:
+    def submit(self, r: Running | Chore) -> None:
         self.inbox.put(r)
 
     def shutdown(self) -> None:
@@ -56,18 +69,26 @@ class Scheduler:
     def _loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                self._admit(self.inbox.get(timeout=0.2) if not self.active else self.inbox.get_nowait())
+                idle = not self.active and not self.chores
+                self._admit(self.inbox.get(timeout=0.2) if idle else self.inbox.get_nowait())
                 while True:
                     self._admit(self.inbox.get_nowait())
             except queue.Empty:
                 pass
             if self.active:
                 self._turn()
+            if self.chores:
+                self._chore()
         for r in self.active:                             # shutting down: stop them all
             r.gen.cancel()
             self._end(r)
+        for c in self.chores:
+            c.done(None, None)
 
-    def _admit(self, r: Running) -> None:
+    def _admit(self, r: Running | Chore) -> None:
+        if isinstance(r, Chore):
+            self.chores.append(r)
+            return
         if r.prompt_logprobs is not None:
             def check(done: int, total: int) -> None:
                 if r.cancel.is_set():
@@ -85,7 +106,8 @@ class Scheduler:
 
     def _turn(self) -> None:
         jobs = {r.gen: r for r in self.active}
-        events = step(list(jobs), PREFILL_CHUNK, draft=self.inbox.empty())
+        events = step(list(jobs), PREFILL_CHUNK, draft=self.inbox.empty() and not self.chores,
+                      stopped=lambda: any(r.cancel.is_set() for r in self.active))
         with closing(events):                             # a drafted round cuts its cache back
             for g, event in events:
                 r = jobs[g]
@@ -103,6 +125,21 @@ class Scheduler:
             if r.gen.done:
                 self.active.remove(r)
                 self._end(r)
+
+    def _chore(self) -> None:
+        """One piece of the oldest chore (the others wait: first come, first served)."""
+        c = self.chores[0]
+        try:
+            if not c.cancel.is_set():
+                next(c.work)
+                return
+            result, error = None, None                    # the client left: drop the rest
+        except StopIteration as s:
+            result, error = s.value, None
+        except Exception as e:
+            result, error = None, e
+        self.chores.pop(0)
+        c.done(result, error)
 
     def _end(self, r: Running) -> None:
         e = r.gen.error

@@ -23,14 +23,14 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 from ..engine import Engine, Prompt, common_prefix
 from ..generation import Generation, Result, Stop, rate
 from ..sampling import Constraint, SamplingParams
-from .scheduler import Running, Scheduler
+from .scheduler import Chore, Running, Scheduler
 
-POLL_S = 0.5                 # how often a waiting non-streaming request checks its client
+POLL_S = 0.1                 # how often a non-streaming request checks that its client is there
 
 
 @dataclass
@@ -234,6 +234,7 @@ class SlotPool:
         self.scheduler.submit(Running(job.start(slot.engine), emit, cancel, finish, job.progress,
                                       job.prompt_logprobs))
         try:
+            check_at = time.monotonic() + POLL_S
             while True:
                 if disconnected is None:
                     event = await queue.get()
@@ -241,14 +242,59 @@ class SlotPool:
                     try:
                         event = await asyncio.wait_for(queue.get(), POLL_S)
                     except asyncio.TimeoutError:
+                        event = None
+                    # why: a client can leave while tokens flow (a non-streaming request
+                    # hears of it only when asked), so ask at least every POLL_S
+                    if time.monotonic() >= check_at:
                         if await disconnected():
                             return
+                        check_at = time.monotonic() + POLL_S
+                    if event is None:
                         continue
                 yield event
                 if event[0] in ("done", "error"):
                     return
         finally:
             cancel.set()                          # no-op if the job already ended
+
+    # -- work without a slot -----------------------------------------------------------
+
+    async def compute(self, work: Iterator[Any], disconnected: Callable[[], Awaitable[bool]] | None = None) -> Any:
+        """Run `work` on the compute thread, one piece per turn between decoding steps
+        (scheduler.Chore): the generator's return value, or its exception raised here;
+        None if the client left (or the server is stopping) first."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        cancel = threading.Event()
+
+        def done(result: Any, error: Exception | None) -> None:      # from the scheduler thread
+            def settle() -> None:
+                if fut.done():
+                    return
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(result)
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:                  # the loop is gone (shutdown)
+                pass
+
+        if self.scheduler.stopping.is_set():
+            return None
+        self._cancels.add(cancel)
+        self.scheduler.submit(Chore(work, done, cancel))
+        try:
+            while not fut.done():
+                await asyncio.wait({fut}, timeout=POLL_S)
+                if fut.done():
+                    break
+                if (disconnected is not None and await disconnected()) or not self.scheduler.thread.is_alive():
+                    return None
+            return fut.result()
+        finally:
+            cancel.set()                          # no-op if it ended; else the scheduler drops it
+            self._cancels.discard(cancel)
 
     def shutdown(self) -> None:
         for c in list(self._cancels):

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 
 import httpx
+import jsonschema
 import openai
+import pydantic
 import pytest
 
 from runner.modes.api_common import Options
@@ -97,6 +99,43 @@ def test_json_object_format_gives_json(tiny, client):
         assert r.output_text.lstrip().startswith("{")
 
 
+PET = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                       "age": {"type": "integer", "minimum": 0, "maximum": 30},
+                                       "kind": {"enum": ["cat", "dog"]}},
+       "required": ["name", "age", "kind"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_json_schema_format_validates_and_equals_chat_completions(tiny, client, stream):
+    """text.format json_schema (the Responses API's flat shape) constrains as chat
+    completions' response_format does: the same text for the same seed, and it validates."""
+    fmt = {"type": "json_schema", "name": "pet", "schema": PET, "strict": True}
+    kw = dict(model="gemma", input=USER, max_output_tokens=200, temperature=1.0, extra_body={"seed": 7})
+    chat = client.chat.completions.create(model="gemma", messages=[{"role": "user", "content": USER}],
+                                          max_tokens=200, temperature=1.0, seed=7,
+                                          response_format={"type": "json_schema", "json_schema": {
+                                              "name": "pet", "schema": PET, "strict": True}})
+    if stream:
+        events = list(client.responses.create(**kw, text={"format": fmt}, stream=True))
+        r = events[-1].response
+        assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == r.output_text
+    else:
+        r = client.responses.create(**kw, text={"format": fmt})
+    assert r.status == "completed" and r.output_text == chat.choices[0].message.content
+    jsonschema.validate(json.loads(r.output_text), PET)
+    assert r.text.format.type == "json_schema" and r.text.format.name == "pet" and r.text.format.strict
+
+
+def test_parse_with_a_pydantic_model_returns_the_object(client):
+    class Pet(pydantic.BaseModel):
+        name: str = pydantic.Field(max_length=8)        # bounded: random weights may never close a string
+        age: int = pydantic.Field(ge=0, le=30)
+    r = client.responses.parse(model="gemma", input=USER, text_format=Pet, max_output_tokens=200, temperature=1.0,
+                               extra_body={"seed": 3})
+    assert r.status == "completed" and isinstance(r.output_parsed, Pet)
+    assert Pet.model_validate_json(r.output_text) == r.output_parsed
+
+
 def test_server_defaults_apply(tiny):
     with serve_in_thread(create_app(tiny, Options(log=False, sampling=SamplingParams(temperature=0)))) as url:
         c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
@@ -119,7 +158,11 @@ def test_server_defaults_apply(tiny):
     ({"input": "hi", "store": True}, "store"),
     ({"input": "hi", "background": True}, "background"),
     ({"input": "hi", "tools": [{"type": "function", "name": "f"}]}, "tools"),
-    ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format"),
+    ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format"),
+    ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x y", "schema": {}}}}, "text.format"),
+    ({"input": "hi", "text": {"format": {"type": "json_schema", "schema": {}, "strict": 1}}}, "text.format"),
+    ({"input": "hi", "text": {"format": {"type": "json_schema", "schema": {"type": "string", "pattern": "a"}}}},
+     "text.format"),
     ({"input": "hi", "text": {"format": {"type": "xml"}}}, "text.format"),
     ({"input": "hi", "text": "plain"}, "text"),
     ({"input": "hi", "instructions": 3}, "instructions"),

@@ -410,9 +410,10 @@ def completion_prompt(state: State, f: Fields, name: str = "prompt") -> tuple[Pr
 
 
 async def request_job(state: State, f: Fields, prompt: Prompt, limit: int | None, param: str,
-                      tools: ToolSpec | None = None) -> Job:
+                      tools: ToolSpec | None = None, schema_param: str | None = None) -> Job:
     """The job of a request: its prompt (checked against the context), sampling settings,
-    stop strings and what constrains the output (response_format, json_schema, tools)."""
+    stop strings and what constrains the output (response_format, json_schema, tools;
+    `schema_param` names the schema's field in errors when the API calls it otherwise)."""
     check_context(state, prompt, param)
     o, llm = state.options, state.llm
     if f.integer("n", 1, 1, 1) != 1 or f.integer("best_of", 1, 1, 1) != 1:
@@ -421,7 +422,7 @@ async def request_job(state: State, f: Fields, prompt: Prompt, limit: int | None
     job = Job(prompt=prompt, params=sampling_params(f, o.sampling, llm.n_vocab, o.sampling.seed),
               max_tokens=limit, stop=f.stop(), ignore_eos=f.boolean("ignore_eos", False),
               progress=f.boolean("return_progress", False))
-    job.constraint = await output_constraint(state, f, tools)
+    job.constraint = await output_constraint(state, f, tools, schema_param)
     return job
 
 
@@ -453,7 +454,8 @@ def response_schema(f: Fields) -> Any:
     return None
 
 
-async def output_constraint(state: State, f: Fields, tools: ToolSpec | None) -> Callable[[], Any] | None:
+async def output_constraint(state: State, f: Fields, tools: ToolSpec | None,
+                            schema_param: str | None = None) -> Callable[[], Any] | None:
     """A maker of the reply's constraint, or None: the response schema, the tools' calls,
     or both as alternatives (structured/tools.py). A schema that is not supported is a
     400 naming the keyword."""
@@ -463,7 +465,7 @@ async def output_constraint(state: State, f: Fields, tools: ToolSpec | None) -> 
     structured = await run_in_threadpool(state.llm.structured)
     bound = None
     if schema is not None:
-        param = "response_format" if f.has("response_format") else "json_schema"
+        param = schema_param or ("response_format" if f.has("response_format") else "json_schema")
         try:
             bound = await run_in_threadpool(structured.bind, schema)
         except SchemaError as e:

@@ -4,8 +4,8 @@ The request becomes chat messages (`instructions` the system message, `input` a 
 or message items with input_text and input_image parts) and the chat-completions fields
 request_job reads; the reply is one output message. Nothing is stored, so
 `previous_response_id`, `store: true`, `background` and `conversation` are refused
-with a 400, as are `tools` and `text.format` json_schema until tool calls and
-structured output exist.
+with a 400, as are `tools`. `text.format` json_schema constrains the reply to the schema
+exactly as chat completions' response_format does (runner/structured).
 
 A stream sends OpenAI's named events, each with its sequence_number:
     response.created, response.in_progress, response.output_item.added,
@@ -15,6 +15,7 @@ A stream sends OpenAI's named events, each with its sequence_number:
 """
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any
@@ -94,15 +95,28 @@ def messages_of(f: Fields) -> list[dict]:
     return out
 
 
-def text_format(f: Fields) -> dict:
-    """`text.format` (text or json_object) as a chat-completions response_format."""
+def text_format(f: Fields) -> tuple[dict, dict]:
+    """`text.format` (text, json_object, or json_schema in the Responses API's flat shape
+    {"type", "name", "schema", "strict"}): (the chat-completions response_format, the
+    format the response echoes)."""
     fmt = (f.obj("text") or {}).get("format") or {"type": "text"}
     kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind == "json_schema":
-        raise bad("text.format 'json_schema' is not supported yet; use {\"type\": \"json_object\"}", "text.format")
-    if kind not in ("text", "json_object"):
-        raise bad(f"text.format type must be 'text' or 'json_object', got {kind!r}", "text.format")
-    return {"type": kind}
+    if kind in ("text", "json_object"):
+        return {"type": kind}, {"type": kind}
+    if kind != "json_schema":
+        raise bad(f"text.format type must be 'text', 'json_object' or 'json_schema', got {kind!r}", "text.format")
+    name = fmt.get("name", "response")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        raise bad("'text.format.name' must be 1-64 letters, digits, '_' or '-'", "text.format")
+    if not isinstance(fmt.get("strict", False), bool):
+        raise bad("'text.format.strict' must be true or false", "text.format")
+    if "schema" not in fmt:
+        raise bad("'text.format.schema' is required with type 'json_schema'", "text.format")
+    if not isinstance(fmt.get("description", ""), str):
+        raise bad("'text.format.description' must be a string", "text.format")
+    js = {"name": name, "schema": fmt["schema"], "strict": fmt.get("strict", False)}
+    return {"type": "json_schema", "json_schema": js}, {"type": "json_schema", "description": None, **js,
+                                                        **{k: v for k, v in fmt.items() if k == "description"}}
 
 
 def check_refused(f: Fields) -> None:
@@ -135,7 +149,7 @@ async def create(state: State, request: Request) -> Response:
     if not f.has("input"):
         raise bad("'input' (a string or an array of message items) is required", "input")
     messages = messages_of(f)
-    fmt = text_format(f)
+    response_format, fmt = text_format(f)
     metadata = f.obj("metadata") or {}
     limit = max_tokens(f, state.options.n_predict, "max_output_tokens")
     if limit is not None and limit < 1:
@@ -144,7 +158,8 @@ async def create(state: State, request: Request) -> Response:
         prompt = await run_in_threadpool(state.chat_prompt, messages)
     except (ChatError, ValueError, TypeError) as e:
         raise bad(f"input: {e}", "input") from None
-    job = await request_job(state, sampling_fields(f, response_format=fmt), prompt, limit, "input")
+    job = await request_job(state, sampling_fields(f, response_format=response_format), prompt, limit, "input",
+                            schema_param="text.format")
     p = job.params
     resp_id, msg_id, created = _id("resp"), _id("msg"), int(time.time())
 

@@ -210,7 +210,7 @@ def _schema(p: argparse.ArgumentParser, args: argparse.Namespace):
     elif args.json_schema_file is not None:
         flag = "--json-schema-file"
         try:
-            text = _read_text(args.json_schema_file)
+            text = read_text(args.json_schema_file)
         except UserError as e:
             p.exit(e.status, f"{p.prog}: error: {flag}: {e}\n")
     else:

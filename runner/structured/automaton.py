@@ -30,7 +30,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from .formats import EXP_DIGITS, FRAC_DIGITS, INT_DIGITS, format_regex
-from .grammar import Array, Format, Grammar, Literal, Number, Object, String, Union
+from .grammar import Format, Grammar, Literal, Number, Object, String, Union
 
 MAX_WS = 20
 NEWLINE = 32

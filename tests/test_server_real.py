@@ -44,12 +44,14 @@ WEATHER_TOOL = {"type": "function", "function": {
 
 def test_tool_calls_on_the_real_model_parse_and_validate(client):
     """The built-in Gemma tool prompt on the real model: a required call names the tool
-    and its arguments validate; the streamed reply assembles to the same call."""
+    and its arguments validate; the streamed reply assembles to the same call. One call
+    (parallel_tool_calls false): allowed a list, the greedy 270M repeats the call (with
+    the other unit) until the token limit."""
     from openai.lib.streaming.chat import ChatCompletionStreamState
     import jsonschema
     messages = [{"role": "user", "content": "What is the weather like in Paris today?"}]
     kw = dict(model="m", messages=messages, tools=[WEATHER_TOOL], tool_choice="required", temperature=0,
-              max_tokens=64)
+              max_tokens=64, parallel_tool_calls=False)
     r = client.chat.completions.create(**kw)
     assert r.choices[0].finish_reason == "tool_calls"
     (call,) = r.choices[0].message.tool_calls

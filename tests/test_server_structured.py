@@ -256,6 +256,57 @@ def test_a_template_that_renders_tools_gets_them_and_others_the_built_in_prompt(
     assert 'assistant: {"name": "add", "parameters": {"a": 1, "b": 2}}' in text
 
 
+# -- the Responses API ------------------------------------------------------------------------
+
+FLAT = [{"type": "function", **t["function"]} for t in TOOLS]       # the Responses API's tool shape
+
+
+def test_responses_required_and_named_tools_call_and_stream_the_same(client):
+    """Function tools on /v1/responses: function_call output items whose arguments
+    validate; a stream's events build the same items, arguments delta by delta."""
+    for choice in ("required", {"type": "function", "name": "add"}):
+        kw = dict(model="m", input=CHAT[0]["content"], tools=FLAT, tool_choice=choice, temperature=1.0,
+                  max_output_tokens=200, extra_body={"seed": 2})
+        r = client.responses.create(**kw)
+        assert r.status == "completed" and r.output and all(o.type == "function_call" for o in r.output)
+        for o in r.output:
+            assert o.call_id and (choice == "required" or o.name == "add")
+            jsonschema.validate(json.loads(o.arguments), PARAMS[o.name])
+        events = list(client.responses.create(**kw, stream=True))
+        final = events[-1].response
+        assert events[-1].type == "response.completed"
+        assert [(o.name, o.arguments) for o in final.output] == [(o.name, o.arguments) for o in r.output]
+        for i, o in enumerate(final.output):
+            deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"
+                      and e.output_index == i]
+            done = [e for e in events if e.type == "response.output_item.done" and e.output_index == i]
+            assert "".join(deltas) == o.arguments and done[0].item.arguments == o.arguments
+
+
+def test_responses_tool_choice_none_answers_in_text(client):
+    r = client.responses.create(model="m", input=CHAT[0]["content"], tools=FLAT, tool_choice="none",
+                                temperature=0, max_output_tokens=8)
+    assert [o.type for o in r.output] == ["message"]
+
+
+def test_responses_follow_up_renders_as_the_chat_one(llm, client):
+    """function_call and function_call_output items render as an assistant message with
+    tool_calls and a tool message: the prompt (its token count) and the greedy reply are
+    those of the same conversation through chat completions."""
+    args = '{"a": 1, "b": 2}'
+    r = client.responses.create(model="m", tools=FLAT, temperature=0, max_output_tokens=6, tool_choice="none", input=[
+        CHAT[0], {"type": "function_call", "call_id": "c1", "name": "add", "arguments": args},
+        {"type": "function_call_output", "call_id": "c1", "output": "3"}])
+    messages = [CHAT[0], {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "add", "arguments": args}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "3"}]
+    chat = client.chat.completions.create(model="m", messages=messages, tools=TOOLS, tool_choice="none",
+                                          temperature=0, max_tokens=6)
+    assert r.usage.input_tokens == chat.usage.prompt_tokens == len(
+        llm.chat_prompt(messages, tools=parse_tools(TOOLS, "none")).tokens)
+    assert r.output_text == chat.choices[0].message.content
+
+
 # -- errors ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra, param, words", [

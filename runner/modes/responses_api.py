@@ -1,17 +1,21 @@
 """OpenAI's Responses API, stateless (as llama-server and Ollama offer it): POST /v1/responses.
 
 The request becomes chat messages (`instructions` the system message, `input` a string
-or message items with input_text and input_image parts) and the chat-completions fields
-request_job reads; the reply is one output message. Nothing is stored, so
-`previous_response_id`, `store: true`, `background` and `conversation` are refused
-with a 400, as are `tools`. `text.format` json_schema constrains the reply to the schema
-exactly as chat completions' response_format does (runner/structured).
+or message items with input_text and input_image parts, function_call and
+function_call_output items as an assistant's tool calls and tool messages) and the
+chat-completions fields request_job reads. The reply is one output message, or one
+function_call item per call. Function `tools` and `tool_choice` take the Responses API's
+flat shape and are constrained as in chat completions (structured/tools.py), as is
+`text.format` json_schema. Nothing is stored, so `previous_response_id`, `store: true`,
+`background` and `conversation` are refused with a 400.
 
 A stream sends OpenAI's named events, each with its sequence_number:
     response.created, response.in_progress, response.output_item.added,
     response.content_part.added, response.output_text.delta (per piece of text),
     response.output_text.done, response.content_part.done, response.output_item.done,
-    response.completed (or response.incomplete at the token limit).
+    response.completed (or response.incomplete at the token limit);
+for calls, per call: response.output_item.added, response.function_call_arguments.delta
+..., response.function_call_arguments.done, response.output_item.done.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..chat import ChatError
 from ..generation import Result
+from ..structured.tools import CallParser, ToolError, ToolSpec, parse_tools, parser_mode
 from .api_common import (APIError, Fields, State, bad, collect, max_tokens, model_id, parse_json, request_job,
                          sampling_fields, sse_event, stream)
 
@@ -76,10 +81,13 @@ def messages_of(f: Fields) -> list[dict]:
         where = f"input[{i}]"
         if not isinstance(item, dict):
             raise bad(f"'{where}' must be a message object", "input")
-        if item.get("type", "message") != "message":
-            kind = item.get("type")
-            why = "tool calls are not supported by this server" if "call" in str(kind) else "only message items are"
-            raise bad(f"'{where}': item type {kind!r} is not supported ({why})", "input")
+        kind = item.get("type", "message")
+        if kind in ("function_call", "function_call_output"):
+            out.append(_tool_item(item, where, out))
+            continue
+        if kind != "message":
+            raise bad(f"'{where}': item type {kind!r} is not supported (message, function_call and "
+                      f"function_call_output items are)", "input")
         role = ROLES.get(item.get("role"))
         if role is None:
             raise bad(f"'{where}.role' must be user, system, developer or assistant, got {item.get('role')!r}",
@@ -92,7 +100,58 @@ def messages_of(f: Fields) -> list[dict]:
                                                   for j, p in enumerate(content)]})
         else:
             raise bad(f"'{where}.content' must be a string or an array of parts", "input")
-    return out
+    return [m for m in out if m is not None]
+
+
+def _tool_item(item: dict, where: str, out: list) -> dict | None:
+    """A function_call item as an assistant message's tool call (joining the previous
+    message when that holds calls too: parallel calls), a function_call_output as a
+    tool message; None when it joined."""
+    call_id = item.get("call_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise bad(f"'{where}.call_id' must be a string", "input")
+    if item["type"] == "function_call_output":
+        made = {c["id"] for m in out if m is not None for c in m.get("tool_calls") or ()}
+        if call_id not in made:
+            raise bad(f"'{where}': no function_call item before it has call_id {call_id!r}", "input")
+        output = item.get("output")
+        if isinstance(output, list):
+            output = "".join(p.get("text", "") for p in output if isinstance(p, dict) and p.get("type") == "input_text")
+        if not isinstance(output, str):
+            raise bad(f"'{where}.output' must be a string", "input")
+        return {"role": "tool", "tool_call_id": call_id, "content": output}
+    name, args = item.get("name"), item.get("arguments", "{}")
+    if not isinstance(name, str) or not isinstance(args, str):
+        raise bad(f"'{where}' needs 'name' and 'arguments' (a JSON string)", "input")
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
+    if out and out[-1] is not None and out[-1].get("role") == "assistant" and out[-1].get("tool_calls"):
+        out[-1]["tool_calls"].append(call)
+        return None
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+def tool_spec(f: Fields) -> ToolSpec | None:
+    """The Responses API's flat function tools ({"type": "function", "name", "parameters"})
+    and tool_choice ({"type": "function", "name"} when named), checked by the chat
+    completions' rules with the errors naming the Responses fields."""
+    tools, choice = f.raw("tools"), f.raw("tool_choice")
+    if tools is not None and not isinstance(tools, list):
+        raise bad("'tools' must be an array of function tools", "tools")
+    chat = []
+    for i, t in enumerate(tools or []):
+        if not isinstance(t, dict) or t.get("type") != "function":
+            kind = t.get("type") if isinstance(t, dict) else None
+            raise bad(f"'tools[{i}]': only function tools are supported, got type {kind!r}", "tools")
+        chat.append({"type": "function", "function": {k: v for k, v in t.items() if k != "type"}})
+    if isinstance(choice, dict):
+        if choice.get("type") != "function":
+            raise bad(f"'tool_choice' must be auto, none, required or {{\"type\": \"function\", \"name\": ...}}, "
+                      f"got type {choice.get('type')!r}", "tool_choice")
+        choice = {"type": "function", "function": {"name": choice.get("name")}}
+    try:
+        return parse_tools(chat or tools, choice, f.body.get("parallel_tool_calls"))
+    except ToolError as e:
+        raise bad(str(e).replace(".function.", "."), e.param.replace(".function.", ".")) from None
 
 
 def text_format(f: Fields) -> tuple[dict, dict]:
@@ -127,8 +186,6 @@ def check_refused(f: Fields) -> None:
         raise bad("'store': true is not supported: this server keeps no responses (send store: false)", "store")
     if f.boolean("background", False):
         raise bad("'background': true is not supported: responses are answered while the client waits", "background")
-    if f.raw("tools"):
-        raise bad("tools (function calling) are not supported by this server yet", "tools")
 
 
 # -- the response -----------------------------------------------------------------------------
@@ -143,34 +200,47 @@ def output_text(text: str) -> dict:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
+def function_call(call: dict, status: str = "completed") -> dict:
+    """A call the reply made, as a Responses output item (call_id is what the
+    function_call_output item answers)."""
+    return {"id": "fc_" + call["id"].removeprefix("call_"), "type": "function_call", "status": status,
+            "call_id": call["id"], "name": call["name"], "arguments": call["arguments"]}
+
+
 async def create(state: State, request: Request) -> Response:
     f = Fields(parse_json(await request.body()))
     check_refused(f)
     if not f.has("input"):
         raise bad("'input' (a string or an array of message items) is required", "input")
     messages = messages_of(f)
+    tools = tool_spec(f)
     response_format, fmt = text_format(f)
     metadata = f.obj("metadata") or {}
     limit = max_tokens(f, state.options.n_predict, "max_output_tokens")
     if limit is not None and limit < 1:
         raise bad(f"'max_output_tokens' must be >= 1, got {limit}", "max_output_tokens")
     try:
-        prompt = await run_in_threadpool(state.chat_prompt, messages)
+        prompt = await run_in_threadpool(state.chat_prompt, messages, tools)
     except (ChatError, ValueError, TypeError) as e:
         raise bad(f"input: {e}", "input") from None
     job = await request_job(state, sampling_fields(f, response_format=response_format), prompt, limit, "input",
-                            schema_param="text.format")
+                            tools, schema_param="text.format")
     p = job.params
+    names = tuple(fn.name for fn in tools.functions) if tools else ()
+    parser = CallParser(parser_mode(tools, response_format["type"] != "text"), names)
     resp_id, msg_id, created = _id("resp"), _id("msg"), int(time.time())
+    echo_tools = [{"type": "function", "name": fn.name, "description": fn.description, "parameters": fn.parameters,
+                   "strict": False} for fn in tools.functions] if tools else []
+    echo_choice = f.raw("tool_choice") or "auto"
 
     def response(status: str, output: list[dict], r: Result | None = None) -> dict:
         return {"id": resp_id, "object": "response", "created_at": created, "status": status, "error": None,
                 "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
                 "instructions": f.string("instructions"), "max_output_tokens": limit,
                 "model": f.string("model") or model_id(state.llm), "output": output,
-                "parallel_tool_calls": True, "previous_response_id": None,
+                "parallel_tool_calls": tools.parallel if tools else True, "previous_response_id": None,
                 "reasoning": {"effort": None, "summary": None}, "store": False, "temperature": p.temperature,
-                "text": {"format": fmt}, "tool_choice": "auto", "tools": [], "top_p": p.top_p,
+                "text": {"format": fmt}, "tool_choice": echo_choice, "tools": echo_tools, "top_p": p.top_p,
                 "truncation": "disabled", "usage": usage(r) if r else None, "user": None,
                 "metadata": metadata}
 
@@ -180,33 +250,73 @@ async def create(state: State, request: Request) -> Response:
     def status_of(r: Result) -> str:
         return "incomplete" if r.finish_reason == "length" else "completed"
 
+    def output(r: Result, text: str) -> list[dict]:
+        status = status_of(r)
+        if parser.calls:
+            return [function_call(c, status) for c in parser.calls]
+        return [message(status, [output_text(text)])]
+
     if not f.boolean("stream", False):
         text, _, r, _ = await collect(state, job, request)
         if r is None:
             return Response(status_code=204)        # the client left
-        return JSONResponse(response(status_of(r), [message(status_of(r), [output_text(text)])], r))
+        parser.feed(text)
+        parser.close()
+        return JSONResponse(response(status_of(r), output(r, text), r))
 
     seq = iter(range(1 << 62))
+    opened: list[str] = []                          # "message", or a call per output item
 
     def event(kind: str, **fields: Any) -> dict:
         return {"type": kind, "sequence_number": next(seq), **fields}
 
     where = {"item_id": msg_id, "output_index": 0, "content_index": 0}
     opening = [event("response.created", response=response("in_progress", [])),
-               event("response.in_progress", response=response("in_progress", [])),
-               event("response.output_item.added", output_index=0, item=message("in_progress", [])),
-               event("response.content_part.added", **where, part=output_text(""))]
+               event("response.in_progress", response=response("in_progress", []))]
+
+    def open_message() -> list[dict]:
+        opened.append("message")
+        return [event("response.output_item.added", output_index=0, item=message("in_progress", [])),
+                event("response.content_part.added", **where, part=output_text(""))]
+
+    def close_call(status: str) -> list[dict]:
+        """The last call's closing events, once its arguments are complete."""
+        i, item = len(opened) - 1, function_call(parser.calls[len(opened) - 1], status)
+        return [event("response.function_call_arguments.done", item_id=item["id"], output_index=i,
+                      arguments=item["arguments"]),
+                event("response.output_item.done", output_index=i, item=item)]
+
+    def pieces(events: list[tuple]) -> list[dict]:
+        out = []
+        for e in events:
+            if e[0] == "content":
+                out += ([] if opened else open_message()) + \
+                    [event("response.output_text.delta", **where, delta=e[1], logprobs=[])]
+            elif e[0] == "call":
+                out += close_call("completed") if opened else []
+                opened.append("call")
+                item = function_call({"id": e[2], "name": e[3], "arguments": ""}, "in_progress")
+                out.append(event("response.output_item.added", output_index=e[1], item=item))
+            else:
+                out.append(event("response.function_call_arguments.delta", output_index=e[1],
+                                 item_id="fc_" + parser.calls[e[1]]["id"].removeprefix("call_"), delta=e[2]))
+        return out
 
     def render(kind: str, v: Any) -> list[dict]:
         if kind == "token" and v.text:
-            return [event("response.output_text.delta", **where, delta=v.text, logprobs=[])]
+            return pieces(parser.feed(v.text))
         if kind == "done":
-            status, part = status_of(v), output_text(v.text)
+            out, status = pieces(parser.close()), status_of(v)
+            if parser.calls:
+                return out + close_call(status) + [event(f"response.{status}",
+                                                         response=response(status, output(v, v.text), v))]
+            out += [] if opened else open_message()
+            part = output_text(v.text)
             item = message(status, [part])
-            return [event("response.output_text.done", **where, text=v.text, logprobs=[]),
-                    event("response.content_part.done", **where, part=part),
-                    event("response.output_item.done", output_index=0, item=item),
-                    event(f"response.{status}", response=response(status, [item], v))]
+            return out + [event("response.output_text.done", **where, text=v.text, logprobs=[]),
+                          event("response.content_part.done", **where, part=part),
+                          event("response.output_item.done", output_index=0, item=item),
+                          event(f"response.{status}", response=response(status, [item], v))]
         return []
 
     def error(e: Exception) -> list[dict]:

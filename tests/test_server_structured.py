@@ -307,6 +307,64 @@ def test_responses_follow_up_renders_as_the_chat_one(llm, client):
     assert r.output_text == chat.choices[0].message.content
 
 
+# -- the Anthropic Messages API -----------------------------------------------------------------
+
+CUSTOM = [{"name": t["function"]["name"], "description": t["function"]["description"],
+           "input_schema": t["function"]["parameters"]} for t in TOOLS]    # Anthropic's tool shape
+
+
+@pytest.fixture(scope="module")
+def claude(base):
+    import anthropic
+    return anthropic.Anthropic(base_url=base, api_key="unused", max_retries=0, timeout=120)
+
+
+def test_anthropic_any_and_named_tools_call_and_stream_the_same(claude):
+    """Custom tools on /v1/messages: tool_use blocks whose input validates, stop_reason
+    tool_use; the SDK's stream helper assembles the same blocks from input_json_delta."""
+    for choice in ({"type": "any"}, {"type": "tool", "name": "add"}):
+        kw = dict(model="m", max_tokens=200, messages=CHAT, tools=CUSTOM, tool_choice=choice,
+                  extra_body={"temperature": 1.0, "seed": 4})
+        m = claude.messages.create(**kw)
+        assert m.stop_reason == "tool_use" and m.content and all(b.type == "tool_use" for b in m.content)
+        for b in m.content:
+            assert b.id.startswith("toolu_") and (choice["type"] == "any" or b.name == "add")
+            jsonschema.validate(b.input, PARAMS[b.name])
+        with claude.messages.stream(**kw) as s:
+            final = s.get_final_message()
+        assert final.stop_reason == "tool_use"
+        assert [(b.name, b.input) for b in final.content] == [(b.name, b.input) for b in m.content]
+
+
+def test_anthropic_tool_choice_none_and_one_call_at_a_time(claude):
+    m = claude.messages.create(model="m", max_tokens=8, messages=CHAT, tools=CUSTOM, tool_choice={"type": "none"},
+                               extra_body={"temperature": 0})
+    assert [b.type for b in m.content] == ["text"] and m.stop_reason != "tool_use"
+    m = claude.messages.create(model="m", max_tokens=200, messages=CHAT, tools=CUSTOM,
+                               tool_choice={"type": "any", "disable_parallel_tool_use": True},
+                               extra_body={"temperature": 1.0, "seed": 1})
+    assert len(m.content) == 1 and m.content[0].type == "tool_use"
+
+
+def test_anthropic_follow_up_renders_as_the_chat_one(llm, claude, client):
+    """An assistant's text and tool_use blocks, then the user's tool_result: the prompt
+    and the greedy reply are those of the same conversation through chat completions."""
+    r = claude.messages.create(model="m", max_tokens=6, tools=CUSTOM, tool_choice={"type": "none"},
+                               extra_body={"temperature": 0}, messages=[
+        CHAT[0], {"role": "assistant", "content": [{"type": "text", "text": "Adding."},
+                                                   {"type": "tool_use", "id": "t1", "name": "add",
+                                                    "input": {"a": 1, "b": 2}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "3"}]}])
+    messages = [CHAT[0], {"role": "assistant", "content": "Adding.", "tool_calls": [
+        {"id": "t1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}]},
+        {"role": "tool", "tool_call_id": "t1", "content": "3"}]
+    chat = client.chat.completions.create(model="m", messages=messages, tools=TOOLS, tool_choice="none",
+                                          temperature=0, max_tokens=6)
+    assert r.usage.input_tokens + r.usage.cache_read_input_tokens == chat.usage.prompt_tokens == len(
+        llm.chat_prompt(messages, tools=parse_tools(TOOLS, "none")).tokens)
+    assert r.content[0].text == chat.choices[0].message.content
+
+
 # -- errors ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra, param, words", [

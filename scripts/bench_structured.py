@@ -5,13 +5,13 @@
   compile plus the first token's valid set (what a request pays before its first token);
 - decode speed with and without a constraint, greedy and sampled, as wall-clock tokens
   per second after the prompt (the constraint's work happens between evaluations, so the
-  engine's own decode_s would not show it). Greedy decoding drafts when unconstrained;
-  both sides run undrafted here so that the figures compare the same loop, and the
-  drafted figure is printed beside them. "cold" is a schema's first reply (its valid
-  sets computed as they are met), "warm" a later reply with the same schema. Warm and
-  unconstrained replies alternate ROUNDS times and each keeps its best, so that other
-  work on the machine slows both sides alike rather than one of them; the overhead is the
-  extra time per token, unconstrained tok/s over constrained minus one.
+  engine's own decode_s would not show it). Both sides run undrafted so that the figures
+  compare the same loop; greedy drafted figures (unconstrained and constrained, once
+  each, over different texts) are printed beside them. "cold" is a schema's first reply
+  (its valid sets computed as they are met), "warm" a later reply with the same schema.
+  Warm and unconstrained replies alternate ROUNDS times and each keeps its best, so that
+  other work on the machine slows both sides alike rather than one of them; the overhead
+  is the extra time per token, unconstrained tok/s over constrained minus one.
 """
 from __future__ import annotations
 
@@ -80,9 +80,10 @@ def bench_structured(model: Path, threads: int, gen_tokens: int) -> None:
             free = max(free, _decode(plain, prompt, params, n_warm)[1])
             warm = max(warm, w)
         line = (f"               {label:7s} decode: unconstrained {free:5.1f} tok/s, constrained {warm:5.1f} warm "
-                f"(+{(free / warm - 1) * 100:.0f}% time per token), {cold:5.1f} cold, over {n_warm} tokens "
+                f"({(free / warm - 1) * 100:+.0f}% time per token), {cold:5.1f} cold, over {n_warm} tokens "
                 f"(best of {ROUNDS} each)")
-        if params.greedy:
+        if params.greedy:                           # what a greedy request gets: drafting on
             _, drafted = _decode(llm.engine, prompt, params, n_warm)
-            line += f"; unconstrained drafted {drafted:5.1f}"
+            _, drafted_c = _decode(llm.engine, prompt, params, gen_tokens, SchemaConstraint(bound))
+            line += f"; drafted: unconstrained {drafted:5.1f}, constrained {drafted_c:5.1f}"
         print(line)

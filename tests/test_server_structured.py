@@ -408,3 +408,32 @@ def test_schema_errors_on_the_other_endpoints(base):
     r = httpx.post(base + "/v1/completions", json={"prompt": "x", "response_format": {
         "type": "json_schema", "json_schema": {"name": "s", "schema": bad}}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
+
+
+ODD_TOOLS = [1, "x", {}, [None], [1], ["x"], [{}], [{"type": None}], [{"type": "function", "name": 5}],
+             [{"type": "function", "name": "f", "parameters": 3}], [{"name": "f", "input_schema": 3}],
+             [{"name": "f", "input_schema": {"type": "object", "properties": 4}}], [{"type": "custom", "name": []}]]
+ODD_CHOICES = [1, "x", "any", {}, {"type": 3}, {"type": "tool"}, {"type": "tool", "name": 3}, {"type": "function"},
+               {"type": "function", "name": []}, {"type": "any", "disable_parallel_tool_use": "y"}]
+
+
+def test_nothing_sent_about_tools_to_responses_or_messages_is_a_500(base):
+    c = httpx.Client(timeout=60)
+    hi = [{"role": "user", "content": "hi"}]
+    bodies = [("/v1/responses", {"input": "hi", "max_output_tokens": 2, **extra}) for extra in
+              [{"tools": t} for t in ODD_TOOLS] + [{"tools": FLAT, "tool_choice": ch} for ch in ODD_CHOICES]]
+    bodies += [("/v1/messages", {"messages": hi, "max_tokens": 2, **extra}) for extra in
+               [{"tools": t} for t in ODD_TOOLS] + [{"tools": CUSTOM, "tool_choice": ch} for ch in ODD_CHOICES]]
+    for item in [{"type": "function_call"}, {"type": "function_call", "call_id": 1},
+                 {"type": "function_call", "call_id": "a", "name": 1},
+                 {"type": "function_call", "call_id": "a", "name": "add", "arguments": "{x"}]:
+        bodies.append(("/v1/responses", {"input": hi + [item, {"type": "function_call_output", "call_id": "a",
+                                                               "output": 3}], "max_output_tokens": 2}))
+    for block in [{"type": "tool_use"}, {"type": "tool_use", "id": 1, "name": "f"},
+                  {"type": "tool_use", "id": "a", "name": "f", "input": 3}, {"type": "tool_result", "tool_use_id": 3}]:
+        bodies.append(("/v1/messages", {"messages": hi + [{"role": "assistant", "content": [block]},
+                                                          {"role": "user", "content": [block]}], "max_tokens": 2}))
+    for path, body in bodies:
+        r = c.post(base + path, json=body)
+        assert r.status_code in (200, 400), (path, body, r.status_code, r.text)
+

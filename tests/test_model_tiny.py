@@ -89,8 +89,8 @@ def test_every_weight_type(tmp_path):
 
 
 def test_streamed_weights_equal_resident(tmp_path):
-    """The low-memory path (quantized rows dequantized during each product) computes the
-    same logits as float32 weights."""
+    """Quantized weights multiplied by the compiled kernels (resident=False) compute the
+    same logits as float32 weights (resident=True, the numpy path)."""
     cfg = text_config(vocab=512, d=256, d_ff=512, layers=2, heads=4, kv_heads=2, head_dim=64, window=8)
     hf = build_text_model(cfg, seed=5)
     path = write_text_gguf(hf, tmp_path / "stream.gguf", types=lambda n, s: Q.Q4_K if "ffn" in n else Q.Q8_0)

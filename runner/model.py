@@ -115,7 +115,7 @@ class Linear:
     the whole matrix dequantized at load, `w`, and BLAS for everything."""
 
     FEW_ROWS = 16            # up to this many rows of x: the kernels
-    BLOCK_VALUES = 1 << 22   # float32 values dequantized at once for BLAS (16 MB)
+    BLOCK_VALUES = 1 << 20   # float32 values dequantized at once for BLAS (4 MB: they stay in L3)
     # The float32 path against a few rows of x, where OpenBLAS is weakest (its gemm
     # repacks all of W for every call). Measured on the 270M weights: against the 262k-row
     # output matrix, 2-16 rows go fastest as W-block @ x.T products over blocks of 2048
@@ -129,14 +129,22 @@ class Linear:
         self.n_out = sum(len(raw) for raw, _ in parts)
         self.n_in = n_in
         self.w: np.ndarray | None = None            # [n_out, n_in] float32: the numpy path only
+        # runs of consecutive parts of one type (first column, raws, type): one kernel call
+        # each (why: a call costs ~5 us, and one larger product can use both cores)
+        self.runs: list[tuple[int, list[np.ndarray], GGMLType]] = []
+        col = 0
+        for raw, qtype in parts:
+            if self.runs and self.runs[-1][2] == qtype and len(self.runs[-1][1]) < 3:
+                self.runs[-1][1].append(raw)
+            else:
+                self.runs.append((col, [raw], qtype))
+            col += len(raw)
         if not quantized:
             self.w = np.empty((self.n_out, n_in), dtype=F32)
-            for r, (raw, qtype) in zip(self._starts(), parts):
-                dequantize(raw, qtype, out=self.w[r:r + len(raw)])
-
-    def _starts(self) -> list[int]:
-        """First output column of each part."""
-        return list(np.cumsum([0] + [len(raw) for raw, _ in self.parts[:-1]]))
+            for col, raws, qtype in self.runs:
+                for raw in raws:
+                    dequantize(raw, qtype, out=self.w[col:col + len(raw)])
+                    col += len(raw)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.w is not None:
@@ -144,14 +152,16 @@ class Linear:
         T = x.shape[0]
         out = np.empty((T, self.n_out), dtype=F32)
         x = np.ascontiguousarray(x, dtype=F32)
-        for col, (raw, qtype) in zip(self._starts(), self.parts):
+        for col, raws, qtype in self.runs:
             if T <= self.FEW_ROWS and kernels.supported(qtype, self.n_in):
-                kernels.matmul(raw, qtype, x, out, col)
+                kernels.matmul(raws, qtype, x, out, col)
                 continue
-            step = max(1, self.BLOCK_VALUES // self.n_in)
-            for r in range(0, len(raw), step):
-                w = _dequantize_rows(raw, qtype, r, min(len(raw), r + step), self.n_in)
-                out[:, col + r:col + r + len(w)] = x @ w.T             # [T, in] @ [in, rows]
+            for raw in raws:
+                step = max(1, self.BLOCK_VALUES // self.n_in)
+                for r in range(0, len(raw), step):
+                    w = _dequantize_rows(raw, qtype, r, min(len(raw), r + step), self.n_in)
+                    np.matmul(x, w.T, out=out[:, col + r:col + r + len(w)])   # [T, in] @ [in, rows]
+                col += len(raw)
         return out
 
     def _f32(self, x: np.ndarray) -> np.ndarray:

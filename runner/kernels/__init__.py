@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Sequence
 
 import numpy as np
 
@@ -35,24 +36,49 @@ def available() -> bool:
         return False
     try:
         import numba
+        from . import cache
+        cache.install()
+        from . import products  # noqa: F401  (defines the kernels: fails here, not mid-product)
     except ImportError:
         return False
-    # why: OpenMP starts a parallel region in ~2 us, numba's own workqueue in 40-60 us,
-    # and a decode step runs ~80 small products (measured, scripts/bench_kernels.py)
+    # why: OpenMP starts a parallel region in ~10 us, numba's own workqueue in 60-80 us,
+    # and a decode step runs ~75 products (scripts/bench_kernels.py, "layers"). Its
+    # threads must sleep, not spin, between regions: spinning ones took the cores from
+    # numpy's BLAS threads (the 270M's prefill ran at less than half speed).
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
     return True
 
 
+_threads = 0                        # set by set_threads; 0: not yet (every core numba sees)
+# Products smaller than this many multiply-adds run on the calling thread alone. why: a
+# sleeping OpenMP thread takes ~15-20 us to wake on this kind of machine (a VM), about
+# what a 2048x640 product costs on one core; spinning threads would wake at once but
+# take the cores from numpy's BLAS threads (see available()).
+SERIAL_WORK = 1 << 22
+
+
 def threads() -> int:
     """Threads the kernels use."""
-    import numba
-    return numba.get_num_threads()
+    if not _threads:
+        set_threads(None)
+    return _threads
 
 
 def set_threads(n: int | None) -> None:
-    """Use n threads in the kernels (None: all cores numba sees)."""
+    """Use n threads in the kernels (None: every core numba sees)."""
+    global _threads
     import numba
-    numba.set_num_threads(max(1, min(n or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)))
+    most = numba.config.NUMBA_NUM_THREADS
+    _threads = max(1, min(n or most, most))
+    numba.set_num_threads(_threads)
+
+
+def _team(n: int) -> None:
+    """n threads for the next parallel region started from this thread (numba keeps the
+    count per calling thread; setting it costs ~1 us)."""
+    import numba
+    numba.set_num_threads(n)
 
 
 def supported(qtype: GGMLType | int, n_in: int) -> bool:
@@ -69,8 +95,8 @@ def _entries(qtype: int):
     from . import products
 
     @njit(nogil=True, cache=True)
-    def matmul(W, x, y, col, n_workers):
-        products.matmul(qtype, W, x, y, col, n_workers)
+    def matmul(W0, W1, W2, x, y, col, n_workers):
+        products.matmul(qtype, W0, W1, W2, x, y, col, n_workers)
 
     @njit(nogil=True, cache=True)
     def dequantize(W, ids, out, n_workers):
@@ -89,7 +115,7 @@ def _readonly(W: np.ndarray) -> np.ndarray:
 
 
 def _check(W: np.ndarray, qtype: int, n_in: int) -> None:
-    values, nbytes = QUANT_SIZES[GGMLType(qtype)]
+    values, nbytes = QUANT_SIZES[qtype]
     if W.dtype != np.uint8 or W.ndim != 2 or not W.flags.c_contiguous or W.shape[1] * values != n_in * nbytes:
         raise ValueError(f"kernels: expected uint8 [rows, {n_in * nbytes // values}] C-contiguous "
                          f"{GGMLType(qtype).name} rows of {n_in} values, found {W.dtype} {W.shape}")
@@ -101,20 +127,30 @@ def n_in_of(W: np.ndarray, qtype: GGMLType | int) -> int:
     return W.shape[1] // nbytes * values
 
 
-def matmul(W: np.ndarray, qtype: GGMLType | int, x: np.ndarray, out: np.ndarray | None = None,
-           col: int = 0) -> np.ndarray:
+def matmul(W: np.ndarray | Sequence[np.ndarray], qtype: GGMLType | int, x: np.ndarray,
+           out: np.ndarray | None = None, col: int = 0) -> np.ndarray:
     """x @ W.T for W's raw rows: float32 [T, n_out]; into out[:, col:col + n_out] when
-    out is given (float32 [T, >= col + n_out], C-contiguous). Reads W once for all T
-    rows; meant for a few rows (decode, batched decode, drafting: T <= 16)."""
+    out is given (float32 [T, >= col + n_out], C-contiguous). W may be up to three
+    tensors of one type stacked by rows (one call for attn_q | attn_k | attn_v). Reads
+    W once for all T rows; meant for a few rows (decode, batched decode, drafting)."""
+    parts = [W] if isinstance(W, np.ndarray) else list(W)
     x = np.ascontiguousarray(x, dtype=F32)
     T, n_in = x.shape
-    _check(W, int(qtype), n_in)
+    for p in parts:
+        _check(p, int(qtype), n_in)
+    if not 1 <= len(parts) <= 3:
+        raise ValueError(f"kernels.matmul: 1 to 3 stacked tensors, found {len(parts)}")
+    n_out = sum(len(p) for p in parts)
     if out is None:
-        out, col = np.empty((T, W.shape[0]), dtype=F32), 0
-    if out.dtype != F32 or not out.flags.c_contiguous or out.shape[0] != T or out.shape[1] < col + W.shape[0]:
-        raise ValueError(f"kernels.matmul: out must be C-contiguous float32 [{T}, >= {col + W.shape[0]}]")
-    if T and W.shape[0]:
-        _entries(int(qtype))[0](_readonly(W), x, out, col, threads())
+        out, col = np.empty((T, n_out), dtype=F32), 0
+    if out.dtype != F32 or not out.flags.c_contiguous or out.shape[0] != T or out.shape[1] < col + n_out:
+        raise ValueError(f"kernels.matmul: out must be C-contiguous float32 [{T}, >= {col + n_out}]")
+    if T and n_out:
+        n = 1 if T * n_out * n_in < SERIAL_WORK else threads()
+        _team(n)
+        none = parts[0][:0]
+        W0, W1, W2 = (_readonly(p) for p in parts + [none] * (3 - len(parts)))
+        _entries(int(qtype))[0](W0, W1, W2, x, out, col, n)
     return out
 
 
@@ -136,5 +172,7 @@ def dequantize(W: np.ndarray, qtype: GGMLType | int, ids: np.ndarray | slice | N
     if out.dtype != F32 or not out.flags.c_contiguous or out.shape != (len(ids), n_in):
         raise ValueError(f"kernels.dequantize: out must be C-contiguous float32 [{len(ids)}, {n_in}]")
     if len(ids):
-        _entries(int(qtype))[1](_readonly(W), ids, out, threads())
+        n = 1 if len(ids) * n_in < SERIAL_WORK else threads()
+        _team(n)
+        _entries(int(qtype))[1](_readonly(W), ids, out, n)
     return out

@@ -20,16 +20,18 @@ _J = dict(nogil=True, cache=True, parallel=True)
 
 
 @njit(**_J)
-def matmul(qtype, W, x, y, col, n_workers):
-    """y[t, col + r] = sum_i x[t, i] * W_r[i] for every row r of W (uint8 [n_out,
-    row_bytes]) and t < T = len(x) (x float32 [T, n_in], n_in a multiple of 32).
+def matmul(qtype, W0, W1, W2, x, y, col, n_workers):
+    """y[t, col + r] = sum_i x[t, i] * W_r[i] for every row r of W = W0 | W1 | W2 (uint8
+    [rows, row_bytes] each, stacked by rows: attn_q | attn_k | attn_v in one call, W1 and
+    W2 may have no rows) and t < T = len(x) (x float32 [T, n_in], n_in a multiple of 32).
 
     One row of x: four accumulators, two units at a time (the FMAs of one chain would
     wait on each other). Several rows: four rows of x per pass over a row of W, each
     unit decoded once for the four (a last pass repeats the last row of x when T is not
     a multiple of 4; the duplicate results land where the real ones do)."""
     literally(qtype)
-    n_out, row_bytes = W.shape
+    n0, n01, row_bytes = len(W0), len(W0) + len(W1), W0.shape[1]
+    n_out = n01 + len(W2)
     T, n_units = x.shape[0], x.shape[1] // UNIT
     n_in = x.shape[1]
     n_blocks = (n_out + ROWS - 1) // ROWS
@@ -40,7 +42,12 @@ def matmul(qtype, W, x, y, col, n_workers):
             if b >= n_blocks:
                 break
             for r in range(b * ROWS, min(n_out, b * ROWS + ROWS)):
-                base = r * row_bytes
+                if r < n0:
+                    W, base = W0, r * row_bytes
+                elif r < n01:
+                    W, base = W1, (r - n0) * row_bytes
+                else:
+                    W, base = W2, (r - n01) * row_bytes
                 if T == 1:
                     a0, a1, a2, a3 = zeros(), zeros(), zeros(), zeros()
                     for u8 in range(0, n_units - 7, 8):

@@ -15,7 +15,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from ..quants import GGMLType, QUANT_SIZES
-from .simd import byte, bytes_i8, bytes_u8, floats, half, halfs, lane_bits, splat, to_float, word32, words_u16, bits_to_float
+from .simd import bits_to_float, byte, bytes_i8, bytes_u8, floats, half, halfs, lane, lane_bits, splat, to_float, word32, words_u16
 
 F32 = np.float32
 UNIT = 32
@@ -80,8 +80,8 @@ def _q5_0(W, base, u):
     d = splat(half(W, o))
     qh = word32(W, o + 2)
     q = bytes_u8(W, o + 6)
-    lo = (q & 15) | (lane_bits(qh, 0) << 4)
-    hi = (q >> 4) | (lane_bits(qh, 16) << 4)
+    lo = (q & 15) + lane_bits(qh, 0, 16)
+    hi = (q >> 4) + lane_bits(qh, 16, 16)
     return to_float(lo - 16) * d, to_float(hi - 16) * d
 
 
@@ -92,8 +92,8 @@ def _q5_1(W, base, u):
     d, m = splat(half(W, o)), splat(half(W, o + 2))
     qh = word32(W, o + 4)
     q = bytes_u8(W, o + 8)
-    lo = (q & 15) | (lane_bits(qh, 0) << 4)
-    hi = (q >> 4) | (lane_bits(qh, 16) << 4)
+    lo = (q & 15) + lane_bits(qh, 0, 16)
+    hi = (q >> 4) + lane_bits(qh, 16, 16)
     return to_float(lo) * d + m, to_float(hi) * d + m
 
 
@@ -144,9 +144,8 @@ def _q3_k(W, base, u):
     d = half(W, o + 108)
     q0 = ((bytes_u8(W, o + 32 + 32 * h) >> (2 * j)) & 3) + (((bytes_u8(W, o) >> g) & 1) << 2)
     q1 = ((bytes_u8(W, o + 48 + 32 * h) >> (2 * j)) & 3) + (((bytes_u8(W, o + 16) >> g) & 1) << 2)
-    i = 8 * h + 2 * j
-    return (to_float(q0 - 4) * splat(d * _q3_scale(W, o + 96, i)),
-            to_float(q1 - 4) * splat(d * _q3_scale(W, o + 96, i + 1)))
+    d0, d1 = d * _q3_scale(W, o + 96, 8 * h + 2 * j), d * _q3_scale(W, o + 96, 8 * h + 2 * j + 1)
+    return to_float(q0 - 4) * splat(d0), to_float(q1 - 4) * splat(d1)
 
 
 @njit(**_J)
@@ -201,15 +200,15 @@ def _q6_k(W, base, u):
     o = base + 210 * (u >> 3)
     g = u & 7
     n, k = g >> 2, g & 3
-    d = half(W, o + 208)
     ql = o + 64 * n + 32 * (k & 1)
     qh = o + 128 + 32 * n
     shift = 4 * (k >> 1)
     q0 = ((bytes_u8(W, ql) >> shift) & 15) | (((bytes_u8(W, qh) >> (2 * k)) & 3) << 4)
     q1 = ((bytes_u8(W, ql + 16) >> shift) & 15) | (((bytes_u8(W, qh + 16) >> (2 * k)) & 3) << 4)
-    s = o + 192 + 8 * n + 2 * k
-    return (to_float(q0 - 32) * splat(d * F32(np.int8(byte(W, s)))),
-            to_float(q1 - 32) * splat(d * F32(np.int8(byte(W, s + 1)))))
+    # the 16 products d * scale at once (the same for the 8 units of a super-block, so a
+    # kernel computes them once), then one lane each
+    scales = splat(half(W, o + 208)) * to_float(bytes_i8(W, o + 192))
+    return to_float(q0 - 32) * lane(scales, 8 * n + 2 * k), to_float(q1 - 32) * lane(scales, 8 * n + 2 * k + 1)
 
 
 DECODERS = {

@@ -201,17 +201,32 @@ def splat(typingctx, s):
 
 
 @intrinsic
-def lane_bits(typingctx, word, first):
-    """Lane k holds bit first + k of `word` (0 or 1): Q5's fifth bits."""
-    if not (isinstance(word, types.Integer) and isinstance(first, types.Integer)):
+def lane_bits(typingctx, word, first, value):
+    """Lane k holds `value` where bit first + k of `word` is set, else 0: Q5's fifth
+    bits (a mask test and a masked move with AVX-512)."""
+    if not all(isinstance(a, types.Integer) for a in (word, first, value)):
         return None
 
     def codegen(context, builder, sig, args):
         w = _splat(builder, context.cast(builder, args[0], word, types.uint32), _VI)
         first_ = _splat(builder, context.cast(builder, args[1], first, types.int32), _VI)
-        shift = builder.add(first_, ir.Constant(_VI, list(range(LANES))))
-        return builder.and_(builder.lshr(w, shift), ir.Constant(_VI, [1] * LANES))
-    return i32x16(word, first), codegen
+        bit = builder.shl(ir.Constant(_VI, [1] * LANES), builder.add(first_, ir.Constant(_VI, list(range(LANES)))))
+        is_set = builder.icmp_unsigned("!=", builder.and_(w, bit), ir.Constant(_VI, [0] * LANES))
+        v = _splat(builder, context.cast(builder, args[2], value, types.int32), _VI)
+        return builder.select(is_set, v, ir.Constant(_VI, [0] * LANES))
+    return i32x16(word, first, value), codegen
+
+
+@intrinsic
+def lane(typingctx, v, i):
+    """Lane i of v in every lane (i a constant once the loops around are unrolled)."""
+    if not (v is f32x16 and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        one = builder.extract_element(args[0], context.cast(builder, args[1], i, types.int32))
+        return _splat(builder, one, _VF)
+    return f32x16(v, i), codegen
 
 
 @intrinsic

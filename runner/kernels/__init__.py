@@ -34,27 +34,30 @@ def available() -> bool:
     """Can the compiled kernels run here (numba importable, not switched off)?"""
     if os.environ.get(ENV, "").strip().lower() == "numpy":
         return False
+    # why OpenMP: it starts a parallel region in ~10 us, numba's own workqueue in 50-80 us
+    # (a decode step runs ~75 products; scripts/bench_kernels.py, "layers"), and it
+    # allows regions started from several Python threads at once. Its threads must sleep,
+    # not spin, between regions: spinning ones took the cores from numpy's BLAS threads
+    # (the 270M's prefill ran at less than half speed). Both are read when OpenMP loads,
+    # at the first product.
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     try:
         import numba
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
         from . import cache
         cache.install()
         from . import products  # noqa: F401  (defines the kernels: fails here, not mid-product)
-    except ImportError:
+    except (ImportError, OSError, RuntimeError):
         return False
-    # why: OpenMP starts a parallel region in ~10 us, numba's own workqueue in 60-80 us,
-    # and a decode step runs ~75 products (scripts/bench_kernels.py, "layers"). Its
-    # threads must sleep, not spin, between regions: spinning ones took the cores from
-    # numpy's BLAS threads (the 270M's prefill ran at less than half speed).
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
     return True
 
 
 _threads = 0                        # set by set_threads; 0: not yet (every core numba sees)
 # Products smaller than this many multiply-adds run on the calling thread alone. why: a
-# sleeping OpenMP thread takes ~15-20 us to wake on this kind of machine (a VM), about
-# what a 2048x640 product costs on one core; spinning threads would wake at once but
-# take the cores from numpy's BLAS threads (see available()).
+# sleeping OpenMP thread takes ~15-20 us to wake on this kind of machine (a VM), and the
+# caller sleeps at the end of the region too: the 270M's layer matrices (0.2-2.6 M
+# multiply-adds, 20-260 us on one core) were no faster on 2 threads, and its decode
+# fastest with this threshold (1, 2 and 4 M tried).
 SERIAL_WORK = 1 << 22
 
 

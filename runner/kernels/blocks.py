@@ -15,7 +15,8 @@ from numba import njit, types
 from numba.extending import overload
 
 from ..quants import GGMLType, QUANT_SIZES
-from .simd import bits_to_float, byte, bytes_i8, bytes_u8, floats, half, halfs, lane, lane_bits, splat, to_float, word32, words_u16
+from .simd import (bits_to_float, byte, bytes_i8, bytes_u8, floats, half, halfs, lane, lane_bits, splat,
+                   to_float, word32, words_u16)
 
 F32 = np.float32
 UNIT = 32

@@ -115,7 +115,11 @@ class Linear:
     the whole matrix dequantized at load, `w`, and BLAS for everything."""
 
     FEW_ROWS = 16            # up to this many rows of x: the kernels
-    BLOCK_VALUES = 1 << 20   # float32 values dequantized at once for BLAS (4 MB: they stay in L3)
+    # float32 values dequantized at once for BLAS (64 MB, reused). why so many: every
+    # BLAS call synchronizes OpenBLAS's threads, and on a busy machine that cost up to
+    # ~80 ms a call: in blocks of 1M values the 1B's ffn_gate|ffn_up took 3.5x as long
+    # as the float32 product, in blocks of 16M values 1.15x (400 rows, load ~9)
+    BLOCK_VALUES = 1 << 24
     # The float32 path against a few rows of x, where OpenBLAS is weakest (its gemm
     # repacks all of W for every call). Measured on the 270M weights: against the 262k-row
     # output matrix, 2-16 rows go fastest as W-block @ x.T products over blocks of 2048

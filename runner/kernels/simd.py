@@ -6,7 +6,7 @@ agree (a block loop that is fully unrolled is left to the SLP vectorizer, which 
 as soon as a store might alias a load; an accumulator kept in an array round-trips
 through memory every block). Measured on Q8_0 rows, one core: plain loops 2-12 G
 multiply-adds/s depending on how a loop was phrased; the same loop over these vectors
-18-25 G/s, every time. A vector here is an LLVM `<16 x float>` or `<16 x i32>`: one zmm
+16-19 G/s, every time. A vector here is an LLVM `<16 x float>` or `<16 x i32>`: one zmm
 register with AVX-512, two ymm with AVX2, four xmm with SSE; LLVM picks the instructions
 for the CPU numba compiles for.
 
@@ -27,7 +27,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 
 LANES = 16
-_I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+_I32 = ir.IntType(32)
 _F32 = ir.FloatType()
 _VF = ir.VectorType(_F32, LANES)
 _VI = ir.VectorType(_I32, LANES)

@@ -130,25 +130,24 @@ class Linear:
 
     def __init__(self, parts: list[tuple[np.ndarray, GGMLType]], n_in: int, quantized: bool):
         self.parts = parts                          # [(raw uint8 [rows, row bytes], type)]
+        self.starts = [sum(len(raw) for raw, _ in parts[:i]) for i in range(len(parts))]   # first row of each
         self.n_out = sum(len(raw) for raw, _ in parts)
         self.n_in = n_in
         self.w: np.ndarray | None = None            # [n_out, n_in] float32: the numpy path only
-        # runs of consecutive parts of one type (first column, raws, type): one kernel call
-        # each (why: a call costs ~5 us, and one larger product can use both cores)
+        # the kernels' calls: runs of consecutive parts of one type (first column, raws,
+        # type), one call each (why: a call costs ~5 us, and a larger product can use
+        # both cores); none when a part's rows are not whole units (BLAS for every x)
         self.runs: list[tuple[int, list[np.ndarray], GGMLType]] = []
-        col = 0
-        for raw, qtype in parts:
-            if self.runs and self.runs[-1][2] == qtype and len(self.runs[-1][1]) < 3:
-                self.runs[-1][1].append(raw)
-            else:
-                self.runs.append((col, [raw], qtype))
-            col += len(raw)
+        if all(kernels.supported(qtype, n_in) for _, qtype in parts):
+            for start, (raw, qtype) in zip(self.starts, parts):
+                if self.runs and self.runs[-1][2] == qtype and len(self.runs[-1][1]) < 3:
+                    self.runs[-1][1].append(raw)
+                else:
+                    self.runs.append((start, [raw], qtype))
         if not quantized:
             self.w = np.empty((self.n_out, n_in), dtype=F32)
-            for col, raws, qtype in self.runs:
-                for raw in raws:
-                    dequantize(raw, qtype, out=self.w[col:col + len(raw)])
-                    col += len(raw)
+            for start, (raw, qtype) in zip(self.starts, parts):
+                dequantize(raw, qtype, out=self.w[start:start + len(raw)])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.w is not None:
@@ -156,17 +155,31 @@ class Linear:
         T = x.shape[0]
         out = np.empty((T, self.n_out), dtype=F32)
         x = np.ascontiguousarray(x, dtype=F32)
-        for col, raws, qtype in self.runs:
-            if T <= self.FEW_ROWS and kernels.supported(qtype, self.n_in):
+        if T <= self.FEW_ROWS and self.runs:
+            for col, raws, qtype in self.runs:
                 kernels.matmul(raws, qtype, x, out, col)
-                continue
-            for raw in raws:
-                step = max(1, self.BLOCK_VALUES // self.n_in)
-                for r in range(0, len(raw), step):
-                    w = _dequantize_rows(raw, qtype, r, min(len(raw), r + step), self.n_in)
-                    np.matmul(x, w.T, out=out[:, col + r:col + r + len(w)])   # [T, in] @ [in, rows]
-                col += len(raw)
+            return out
+        step = max(1, self.BLOCK_VALUES // self.n_in)
+        for r in range(0, self.n_out, step):
+            w = self._dequantized(r, min(self.n_out, r + step))
+            np.matmul(x, w.T, out=out[:, r:r + len(w)])                # [T, in] @ [in, rows]
         return out
+
+    def _dequantized(self, r0: int, r1: int) -> np.ndarray:
+        """Rows r0..r1 of W (across parts) as float32 [r1 - r0, n_in], in this thread's
+        reused buffer (valid until the next call): one BLAS call for all the parts."""
+        n = r1 - r0
+        buf = getattr(_scratch, "buf", None)
+        if buf is None or buf.size < n * self.n_in:
+            buf = _scratch.buf = np.empty(max(n * self.n_in, self.BLOCK_VALUES), dtype=F32)
+        w = buf[:n * self.n_in].reshape(n, self.n_in)
+        for start, (raw, qtype) in zip(self.starts, self.parts):
+            a, b = max(r0, start), min(r1, start + len(raw))
+            if a < b and kernels.supported(qtype, self.n_in):
+                kernels.dequantize(raw, qtype, slice(a - start, b - start), out=w[a - r0:b - r0])
+            elif a < b:
+                dequantize(raw[a - start:b - start], qtype, out=w[a - r0:b - r0])
+        return w
 
     def _f32(self, x: np.ndarray) -> np.ndarray:
         T = x.shape[0]
@@ -195,19 +208,6 @@ class Linear:
 
 
 _scratch = threading.local()     # per thread: the float32 buffer of Linear's BLAS path
-
-
-def _dequantize_rows(raw: np.ndarray, qtype: GGMLType, r0: int, r1: int, n_in: int) -> np.ndarray:
-    """Rows r0..r1 of a raw tensor as float32, in this thread's reused buffer (valid until
-    the next call)."""
-    n = r1 - r0
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.size < n * n_in:
-        buf = _scratch.buf = np.empty(max(n * n_in, Linear.BLOCK_VALUES), dtype=F32)
-    w = buf[:n * n_in].reshape(n, n_in)
-    if kernels.supported(qtype, n_in):
-        return kernels.dequantize(raw, qtype, slice(r0, r1), out=w)
-    return dequantize(raw[r0:r1], qtype, out=w)
 
 
 @dataclass

@@ -131,12 +131,14 @@ def test_linear_parts_of_different_types_write_their_columns():
 @pytest.mark.fast
 def test_blocks_of_rows_for_blas_cover_the_matrix(monkeypatch):
     """Many rows of x go through BLAS a block of W's rows at a time: blocks smaller than
-    the matrix (and a last partial one) give the whole product."""
+    the matrix, across the boundary of two parts, and a last partial one give the whole
+    product."""
     monkeypatch.setattr(M.Linear, "BLOCK_VALUES", 7 * 640)
-    raw = raw_rows(GGMLType.Q5_0, 50, 640, seed=4)
+    parts = [(raw_rows(GGMLType.Q5_0, 50, 640, seed=4), GGMLType.Q5_0),
+             (raw_rows(GGMLType.Q8_0, 23, 640, seed=5), GGMLType.Q8_0)]
     x = np.random.default_rng(5).standard_normal((20, 640)).astype(np.float32)
-    lin = M.Linear([(raw, GGMLType.Q5_0)], 640, quantized=True)
-    assert_close_to_float64(lin(x), oracle(raw, GGMLType.Q5_0), x, BLAS_TOLERANCE)
+    lin = M.Linear(parts, 640, quantized=True)
+    assert_close_to_float64(lin(x), np.concatenate([oracle(r, t) for r, t in parts]), x, BLAS_TOLERANCE)
 
 
 @pytest.mark.fast

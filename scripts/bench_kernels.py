@@ -10,6 +10,7 @@ kernels  G multiply-adds/s and GB/s of quantized weights read, per type and numb
          rows T, at real shapes with random blocks (enough copies that every call reads
          its weights from memory, not from the 32 MB L3), beside numpy's float32 product
          with the dequantized matrix (today's path).
+core     one thread timed by its CPU time (what a core does on a busy machine), T = 1..16.
 layers   numba threading layers: cost of starting a parallel region, and the 270M's
          decode with each (numba picks its layer once per process: subprocesses).
 compile  every kernel compiled cold (an empty cache) and loaded from the cache.
@@ -220,9 +221,35 @@ def bench_model(model: Path, threads: int, reps: int, llamacpp: bool, numpy_path
         print(f"  llama.cpp  {lines[-1] if lines else 'failed'}")
 
 
+def bench_one_core(types: list[GGMLType], Ts: list[int], shape: tuple[int, int], reps: int) -> None:
+    """One thread, timed by the thread's CPU time: what a core does, whatever else the
+    machine runs (steal and a busy sibling core still show)."""
+    from runner import kernels
+    rng = np.random.default_rng(0)
+    n_out, n_in = shape
+    kernels.set_threads(1)
+    print(f"one core, CPU time, {n_out}x{n_in} (weights in L2/L3): G multiply-adds/s, best of {10 * reps}")
+    print(f"{'type':6s} " + " ".join(f"{'T=' + str(T):>7s}" for T in Ts))
+    for qtype in types:
+        if n_in % max(QUANT_SIZES[qtype][0], 32):
+            continue
+        raw = random_rows(qtype, n_out, n_in, rng)
+        cells = []
+        for T in Ts:
+            x, out = rng.standard_normal((T, n_in), dtype=np.float32), np.empty((T, n_out), dtype=np.float32)
+            kernels.matmul(raw, qtype, x, out)
+            best = float("inf")
+            for _ in range(10 * reps):
+                t = time.thread_time_ns()
+                kernels.matmul(raw, qtype, x, out)
+                best = min(best, time.thread_time_ns() - t)
+            cells.append(f"{n_out * n_in * T / best:7.1f}")
+        print(f"{qtype.name:6s} " + " ".join(cells), flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="kernels,layers,compile,model")
+    ap.add_argument("--only", default="kernels,core,layers,compile,model")
     ap.add_argument("--types", default=",".join(t.name for t in QUANT_SIZES))
     ap.add_argument("--T", default="1,2,4,8,16")
     ap.add_argument("--shapes", default=",".join(f"{a}x{b}" for a, b in SHAPES))
@@ -254,6 +281,10 @@ def main() -> int:
     if "kernels" in only:
         bench_kernels([GGMLType[t] for t in a.types.split(",")], [int(t) for t in a.T.split(",")],
                       [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")], a.reps)
+    if "core" in only:
+        bench_one_core([GGMLType[t] for t in a.types.split(",")], [int(t) for t in a.T.split(",")], (512, 2048),
+                       a.reps)
+        kernels.set_threads(a.threads)
     if "compile" in only:
         bench_compile(a.types.split(","))
     if "layers" in only:

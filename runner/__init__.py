@@ -8,10 +8,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .engine import ContextError, Prompt, SamplingParams, Stats
+from .engine import ContextError, EngineConfig, Prompt
+from .generation import Result, Stop
 from .gguf import GGUFError, GGUFFile, open_gguf
 from .llm import LLM, load
+from .sampling import SamplingParams
 from .tokenizer import Tokenizer, load_tokenizer
 
 __all__ = ["load", "LLM", "load_tokenizer", "Tokenizer", "GGUFFile", "GGUFError", "open_gguf",
-           "ContextError", "Prompt", "SamplingParams", "Stats"]
+           "ContextError", "EngineConfig", "Prompt", "Result", "SamplingParams", "Stop"]

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
-from .args import PROG, die, parse_args
+from .args import PROG, UserError, die, parse_args
 
 # where `scripts/setup.sh` puts the default model, for running from a checkout
 DEV_MODEL = Path(__file__).resolve().parent.parent / "models" / "gemma-3-270m-q4_k_m.gguf"
@@ -49,8 +50,25 @@ def open_model(args):
     return GGUFFile(*src)
 
 
-def load_model(args, g=None):
+def chat_format(args, g):
+    """The chat template, resolved once for every mode: --chat-template, else the model
+    file's (a warning if it does not compile), else none. ChatError for a bad flag."""
+    from .args import read_text
+    from .chat import resolve_template
+    requested = args.chat_template
+    if args.chat_template_file is not None:
+        requested = read_text(args.chat_template_file)
+        if not requested.strip():
+            raise UserError(f"{args.chat_template_file}: the chat template file is empty", 2)
+    fmt = resolve_template(requested, g.get("tokenizer.chat_template"))
+    if fmt.warning:
+        log(args, f"{PROG}: {fmt.warning}")
+    return fmt
+
+
+def load_model(args, g=None, chat=None):
     """The model ready to generate: -m / embedded weights, --mmproj / an embedded one."""
+    from .args import engine_config
     from .llm import LLM
     g = g or open_model(args)
     mmproj = args.mmproj
@@ -59,7 +77,7 @@ def load_model(args, g=None):
         from .gguf import GGUFFile
         mmproj = GGUFFile(*emb.region("mmproj"))
     log(args, f"loading {os.path.basename(g.path) if not emb or args.model else emb.names['model']} ...")
-    return LLM(g, n_ctx=args.ctx_size, threads=args.threads, mmproj=mmproj, draft_max=args.draft_max)
+    return LLM(g, engine_config(args), threads=args.threads, mmproj=mmproj, chat_format=chat)
 
 
 def model_name(args) -> str:
@@ -72,8 +90,12 @@ def model_name(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from .bundle import BundleError, merge_args
+    from .chat import ChatError
     from .gguf import GGUFError
     argv = sys.argv[1:] if argv is None else argv
+    # why: a broken model's NaN is reported once, on one line; numpy's warnings on the
+    # way there (invalid value in multiply, ...) would only bury it
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"runner(\.|$)")
     try:
         emb = embedded()
     except BundleError as e:
@@ -93,11 +115,19 @@ def main(argv: list[str] | None = None) -> int:
         log(args, f"{PROG}: -ngl ignored: this build runs on the CPU")
     try:
         g = open_model(args)
+        chat = chat_format(args, g)
+    except ChatError as e:
+        return die(f"--chat-template: {e}", 2)
+    except UserError as e:
+        return die(str(e), e.status)
+    except (GGUFError, ValueError, OSError) as e:
+        return die(str(e))
+    try:
         if args.mode == "server":
             # serve at once (503 on /health) while the weights load
             from .modes.server import run as serve
-            return serve(lambda: load_model(args, g), args, name=str(g.get("general.name") or ""))
-        llm = load_model(args, g)
+            return serve(lambda: load_model(args, g, chat), args, name=str(g.get("general.name") or ""))
+        llm = load_model(args, g, chat)
     except (GGUFError, ValueError, OSError) as e:
         return die(str(e))
     if args.mode == "cli":

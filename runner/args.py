@@ -7,9 +7,13 @@ REPL unless given.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
-from .sampling import SamplingParams
+from dataclasses import fields
+
+from .engine import EngineConfig
+from .sampling import SamplingParams, in_range, range_text
 
 PROG = "gemma-runner"
 
@@ -33,17 +37,10 @@ def _pos_int(s: str) -> int:
     return v
 
 
-def _nonneg_float(s: str) -> float:
+def _pos_float(s: str) -> float:
     v = float(s)
-    if not v >= 0:                              # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
-    return v
-
-
-def _prob(s: str) -> float:
-    v = float(s)
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {s}")
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s}")
     return v
 
 
@@ -54,9 +51,22 @@ def _port(s: str) -> int:
     return v
 
 
+def _checked(f):
+    """The argparse type of a declared sampling option: its kind and its range (nan and
+    inf are refused: the server refuses them too)."""
+    integer = f.type.startswith("int")
+
+    def check(s: str):
+        v = int(s) if integer else float(s)
+        if not in_range(f, v) or not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"expected a number {range_text(f)}, got {s}")
+        return v
+    check.__name__ = "integer" if integer else "number"
+    return check
+
+
 # argparse names a type function in its "invalid ... value" message: give them plain names
-for _f, _name in ((_nonneg_int, "integer"), (_pos_int, "integer"), (_nonneg_float, "number"),
-                  (_prob, "probability"), (_port, "port")):
+for _f, _name in ((_nonneg_int, "integer"), (_pos_int, "integer"), (_pos_float, "number"), (_port, "port")):
     _f.__name__ = _name
 
 
@@ -94,9 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="context size in tokens (default 8192; 0 = the model's trained maximum)")
     model.add_argument("-t", "--threads", type=_pos_int, default=None, metavar="N",
                        help="CPU threads for the math (default: all cores)")
+    model.add_argument("-b", "--batch-size", type=_pos_int, default=512, metavar="N",
+                       help="prompt tokens computed in one pass (default 512)")
     model.add_argument("--draft-max", "--draft", type=_nonneg_int, default=8, metavar="N",
                        help="greedy decoding guesses up to N tokens ahead from a small vocabulary "
                             "and checks them in one pass (same text, faster; default 8; 0 = off)")
+    model.add_argument("--context-shift", action="store_true",
+                       help="when generation fills the context, drop the older half of it (after "
+                            "--keep tokens) and go on, instead of stopping")
+    model.add_argument("--keep", type=int, default=0, metavar="N",
+                       help="tokens after BOS a context shift keeps (default 0; -1 = the whole prompt)")
     model.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=None, metavar="N",
                        help="accepted for compatibility; this build runs on the CPU")
 
@@ -112,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--image", metavar="FILE", action="append", default=[],
                         help="an image for the prompt (needs --mmproj); repeatable")
     prompt.add_argument("--chat-template", metavar="NAME|TEMPLATE",
-                        help="'gemma' (built in) or a Jinja chat template string (default: the model "
-                             "file's; a model without one chats in raw completion mode; --cli "
-                             "uses none unless given)")
+                        help="gemma (built in), chatml, llama3, or a Jinja chat template string "
+                             "(default: the model file's; a model without one chats in raw completion "
+                             "mode; --cli uses none unless given)")
+    prompt.add_argument("--chat-template-file", metavar="FILE", help="read the Jinja chat template from FILE")
     prompt.add_argument("--no-display-prompt", "--silent-prompt", dest="no_display_prompt",
                         action="store_true", help="--cli: print only the completion, not the prompt")
 
@@ -122,20 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
                      help="tokens to generate (default -1: until the end of the text or the context; "
                           "a reply in raw completion mode: 256)")
-    gen.add_argument("--temp", type=_nonneg_float, default=None, metavar="T",
-                     help="temperature; 0 = greedy (default 0.8, or 0 in the chat)")
-    gen.add_argument("--top-k", type=_nonneg_int, default=40, metavar="K", help="top-k sampling (default 40; 0 = off)")
-    gen.add_argument("--top-p", type=_prob, default=0.95, metavar="P", help="top-p sampling (default 0.95; 1 = off)")
-    gen.add_argument("--min-p", type=_prob, default=0.05, metavar="P", help="min-p sampling (default 0.05; 0 = off)")
-    gen.add_argument("--repeat-penalty", type=_nonneg_float, default=1.0, metavar="X",
-                     help="penalize repeated tokens (default 1.0 = off)")
-    gen.add_argument("--repeat-last-n", type=int, default=64, metavar="N",
-                     help="tokens the penalties look back over (default 64; -1 = all)")
-    gen.add_argument("--presence-penalty", type=float, default=0.0, metavar="X",
-                     help="subtract X from tokens already seen (default 0 = off)")
-    gen.add_argument("--frequency-penalty", type=float, default=0.0, metavar="X",
-                     help="subtract X per time a token was seen (default 0 = off)")
-    gen.add_argument("-s", "--seed", type=int, default=None, metavar="N", help="random seed (default: random)")
+    for f in fields(SamplingParams):             # one flag per declared sampling option
+        meta = f.metadata
+        if meta["flag"]:
+            default = None if f.name == "temperature" else f.default     # its default depends on the mode
+            gen.add_argument(*meta["flag"].split("/"), dest=f.name, type=_checked(f), default=default,
+                             metavar="N" if f.type.startswith("int") else "X", help=meta["help"])
     gen.add_argument("-r", "--reverse-prompt", action="append", default=[], metavar="TEXT",
                      help="stop when the output contains TEXT; repeatable (in the chat's raw "
                           "completion mode TEXT stays, for you to write after)")
@@ -145,9 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
     srv.add_argument("--nobrowser", action="store_true", help="do not open a browser tab")
+    srv.add_argument("--embedding", "--embeddings", action="store_true",
+                     help="accepted for compatibility: the embeddings API is always on")
+    srv.add_argument("--pooling", choices=("none", "mean", "cls", "last"), default=None,
+                     help="how embeddings pool the token states (default: the model file's, else mean)")
     srv.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
+    srv.add_argument("--allowed-hosts", metavar="NAME,...", action="append", default=[],
+                     help="bound to a loopback address, the server answers only requests naming it "
+                          "localhost, 127.0.0.1 or [::1] (against DNS rebinding); these Host names too "
+                          "('.example.org' with its subdomains, '*' any)")
     srv.add_argument("-np", "--parallel", type=_pos_int, default=1, metavar="N",
                      help="requests generated at the same time (default 1)")
+    srv.add_argument("--timeout", type=_pos_float, default=10.0, metavar="S",
+                     help="seconds a client may take to send a request's headers, and to pause "
+                          "while sending its body (default 10; then 408 and the connection closes)")
 
     log = p.add_argument_group("logging")
     log.add_argument("--log-disable", action="store_true", help="print no logs or progress on stderr")
@@ -158,12 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
+    if args.keep < -1:
+        p.error(f"argument --keep: expected -1 or a number >= 0, got {args.keep}")
     if args.n_predict < -1:
         p.error(f"argument -n/--n-predict: expected -1 or a number >= 0, got {args.n_predict}")
-    if args.repeat_last_n < -1:
-        p.error(f"argument --repeat-last-n: expected -1 or a number >= 0, got {args.repeat_last_n}")
     if args.prompt is not None and args.file is not None:
         p.error("-p and -f both give the prompt: use one of them")
+    if args.chat_template is not None and args.chat_template_file is not None:
+        p.error("--chat-template and --chat-template-file both give the template: use one of them")
     if args.image and not args.mmproj:
         p.error("--image needs --mmproj FILE (the vision projector)")
     args.mode = "server" if args.server else "cli" if args.cli else "chat"
@@ -172,11 +195,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
     """Sampling settings from the flags; temperature defaults by mode, as in llamafile."""
-    temp = args.temp if args.temp is not None else (0.0 if args.mode == "chat" else 0.8)
-    return SamplingParams(temperature=temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                          repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
-                          presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
-                          seed=args.seed)
+    given = {f.name: getattr(args, f.name) for f in fields(SamplingParams) if f.metadata["flag"]}
+    if given["temperature"] is None:
+        given["temperature"] = 0.0 if args.mode == "chat" else 0.8
+    return SamplingParams(**given)
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(n_ctx=args.ctx_size, n_batch=args.batch_size, draft_max=args.draft_max,
+                        context_shift=args.context_shift, n_keep=args.keep)
 
 
 def unescape(text: str) -> str:
@@ -203,20 +230,28 @@ class UserError(Exception):
         self.status = status
 
 
-def _read_text(path: str) -> str:
+MAX_PROMPT_BYTES = 16 << 20     # what -f reads: 16 MiB, far more text than any context holds
+
+
+def read_text(path: str) -> str:
+    """A prompt or template file's text, at most MAX_PROMPT_BYTES (why: -f /dev/zero, or
+    a wrong file, would otherwise fill the memory)."""
     name = "standard input" if path == "-" else path
     try:
         if path == "-":
-            data = sys.stdin.buffer.read()
+            data = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1)
         else:
             with open(path, "rb") as f:
-                data = f.read()
+                data = f.read(MAX_PROMPT_BYTES + 1)
     except FileNotFoundError:
         raise UserError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"{name}: is a directory, not a file") from None
     except OSError as e:
         raise UserError(f"{name}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_PROMPT_BYTES:
+        raise UserError(f"{name}: longer than {MAX_PROMPT_BYTES >> 20} MiB, the most read from a file "
+                        f"(far more text than any context holds)")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -230,7 +265,7 @@ def read_prompt(args: argparse.Namespace, stdin: bool = False) -> str | None:
     if args.prompt is not None:
         text = args.prompt
     elif args.file is not None or (stdin and sys.stdin is not None and not sys.stdin.isatty()):
-        text = _read_text(args.file if args.file is not None else "-")
+        text = read_text(args.file if args.file is not None else "-")
         if text.endswith("\n"):
             text = text[:-1]
     else:

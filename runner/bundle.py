@@ -1,4 +1,4 @@
-"""Weights embedded in the executable: pack them in, find them, map them (SPEC 5).
+"""Weights embedded in the executable: pack them in, find them, map them.
 
 A PyInstaller one-file binary is the bootloader followed by its archive (PKG), which
 ends in an 88-byte cookie; the bootloader finds the cookie by scanning back from the end

@@ -97,13 +97,32 @@ class SlidingCache:
         return bool(np.all(self.pos[need % self.capacity] == need))
 
 
+def _slack(cfg, il: int, n_ctx: int) -> int | None:
+    """A sliding layer's ring slack, or None for a full cache (global layers, and sliding
+    ones whose window holds the whole context)."""
+    if cfg.is_sliding(il) and cfg.sliding_window < n_ctx:
+        return min(cfg.sliding_window, n_ctx - cfg.sliding_window)
+    return None
+
+
 def make_caches(cfg, n_ctx: int) -> list[FullCache | SlidingCache]:
     """One cache per layer: full for global layers, a ring for sliding ones."""
     caches: list[FullCache | SlidingCache] = []
     for il in range(cfg.n_layer):
-        if cfg.is_sliding(il) and cfg.sliding_window < n_ctx:
-            slack = min(cfg.sliding_window, n_ctx - cfg.sliding_window)
+        slack = _slack(cfg, il, n_ctx)
+        if slack is not None:
             caches.append(SlidingCache(cfg.n_kv, cfg.sliding_window, cfg.head_dim, slack))
         else:
             caches.append(FullCache(cfg.n_kv, n_ctx, cfg.head_dim))
     return caches
+
+
+def cache_bytes(cfg, n_ctx: int) -> int:
+    """Bytes of keys and values that make_caches(cfg, n_ctx) allocates (float32; a ring
+    stores each slot twice)."""
+    total = 0
+    for il in range(cfg.n_layer):
+        slack = _slack(cfg, il, n_ctx)
+        positions = n_ctx if slack is None else 2 * (cfg.sliding_window + slack)
+        total += 2 * cfg.n_kv * positions * cfg.head_dim * 4
+    return total

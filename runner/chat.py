@@ -1,6 +1,6 @@
 """Messages -> prompt pieces (the chat template), with slots for images. No I/O.
 
-Gemma's template (SPEC 3): `<bos>`, then per turn
+Gemma's template (Google's Gemma 3 chat format): `<bos>`, then per turn
 `<start_of_turn>{user|model}\\n{content.strip()}<end_of_turn>\\n`; a system message has no
 turn of its own: its text and a blank line open the first user turn. The generation
 prompt is `<start_of_turn>model\\n`.
@@ -14,7 +14,7 @@ import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class ChatError(ValueError):
@@ -110,11 +110,11 @@ def render_text(messages: list[dict], add_generation_prompt: bool = True) -> str
                    for p in render_gemma(messages, add_generation_prompt))
 
 
-def render(messages: list[dict], template: str | None = None, add_generation_prompt: bool = True,
+def render(messages: list[dict], template: str = "gemma", add_generation_prompt: bool = True,
            bos_token: str = "<bos>", eos_token: str = "<eos>") -> list[str | ImageRef]:
-    """The prompt for `messages` under `template`: None or "gemma" is the built-in Gemma
-    format; anything else is a chat template string (Jinja, as in GGUF files)."""
-    if template is None or template == "gemma":
+    """The prompt for `messages` under `template`: "gemma" is the built-in Gemma format;
+    anything else is a chat template string (Jinja, as in GGUF files)."""
+    if template == "gemma":
         return render_gemma(messages, add_generation_prompt)
     return render_jinja(messages, template, add_generation_prompt, bos_token, eos_token)
 
@@ -126,24 +126,55 @@ def render(messages: list[dict], template: str | None = None, add_generation_pro
 MEDIA_MARKER = "<__media__>"
 
 
-def resolve_template(requested: str | None, own: str | None) -> tuple[str | None, str, str | None]:
-    """Which template a model chats with: (template for `render`, how to describe it, a
-    warning or None). `requested` (--chat-template) is "gemma" or a Jinja string, and
-    must compile (ChatError); else the model file's own template `own`, or the built-in
-    Gemma format with a warning if that does not compile; else None: no chat template
-    (a base model: the REPL then runs in raw completion mode)."""
-    if requested == "gemma":
-        return "gemma", "Gemma chat format (--chat-template gemma)", None
+class ChatFormat(NamedTuple):
+    template: str | None        # for `render`: "gemma" or a Jinja string; None: the model has none
+    how: str                    # where it comes from, for the user
+    warning: str | None = None  # e.g. the file's template does not compile
+
+
+# llama.cpp's names for two common formats (src/llama-chat.cpp), written as Jinja; "gemma"
+# is the built-in format
+NAMED_TEMPLATES = {
+    "chatml": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+    "llama3": "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
+              "{{ m.content | trim }}<|eot_id|>{% endfor %}"
+              "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+}
+TEMPLATE_NAMES = ("gemma", *NAMED_TEMPLATES)
+
+
+def resolve_template(requested: str | None, own: str | None) -> ChatFormat:
+    """Which template a model chats with. `requested` (--chat-template) is a name
+    (TEMPLATE_NAMES) or a Jinja string, which must compile (ChatError; so does anything
+    else: a name nobody knows would otherwise become a template that prints itself);
+    else the model file's own template `own`, or the built-in Gemma format with a warning
+    if that does not compile; else no chat template (template None: a base model, whose
+    chat in the REPL is raw completion)."""
+    if requested in ("gemma", "gemma3"):
+        return ChatFormat("gemma", "Gemma chat format (--chat-template gemma)")
+    if requested in NAMED_TEMPLATES:
+        return ChatFormat(NAMED_TEMPLATES[requested], f"{requested} chat format (--chat-template {requested})")
     if requested:
-        compile_template(requested)
-        return requested, "chat template from --chat-template", None
+        if "{{" not in requested and "{%" not in requested:
+            raise ChatError(f"unknown chat template {requested[:40]!r}: give one of {', '.join(TEMPLATE_NAMES)}, "
+                            f"a Jinja template, or --chat-template-file FILE")
+        _try_template(requested)
+        return ChatFormat(requested, "chat template from --chat-template")
     if own:
         try:
-            compile_template(own)
-            return own, "chat template from the model file", None
+            _try_template(own)
+            return ChatFormat(own, "chat template from the model file")
         except ChatError as e:
-            return "gemma", "Gemma chat format (built in)", f"the model's {e}; using the built-in Gemma format"
-    return None, "no chat template", None
+            return ChatFormat("gemma", "Gemma chat format (built in)",
+                              f"the model's {e}; using the built-in Gemma format")
+    return ChatFormat(None, "no chat template")
+
+
+def _try_template(source: str) -> None:
+    """Compile the template and render one user message with it: a template that cannot
+    (a sandbox bound, an error) is found at start, not at the first message."""
+    render_jinja([{"role": "user", "content": "Hello"}], source)
 
 
 def compile_template(source: str):
@@ -156,7 +187,8 @@ def compile_template(source: str):
 @functools.lru_cache(maxsize=8)
 def _compile(source: str):
     import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from .sandbox import BoundedEnvironment
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
@@ -166,8 +198,7 @@ def _compile(source: str):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                           sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols"])
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -175,6 +206,8 @@ def _compile(source: str):
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as e:
         raise ChatError(f"chat template, line {e.lineno}: {e.message}") from None
+    except (MemoryError, RecursionError) as e:       # a template too large or too deep to compile
+        raise ChatError(f"chat template: {type(e).__name__}") from None
 
 
 def _template_messages(messages: list[dict]) -> tuple[list[dict], list[ImageRef]]:
@@ -207,15 +240,18 @@ def render_jinja(messages: list[dict], template: str, add_generation_prompt: boo
                  bos_token: str = "<bos>", eos_token: str = "<eos>") -> list[str | ImageRef]:
     """The prompt from a Jinja chat template, with image slots where the images were."""
     import jinja2
+
+    from .sandbox import render as render_bounded
     compiled = compile_template(template)
     plain, images = _template_messages(messages)
     try:
-        text = compiled.render(messages=plain, add_generation_prompt=add_generation_prompt,
-                               bos_token=bos_token, eos_token=eos_token)
-    except jinja2.TemplateError as e:               # raise_exception(), undefined names, sandbox
+        text = render_bounded(compiled, messages=plain, add_generation_prompt=add_generation_prompt,
+                              bos_token=bos_token, eos_token=eos_token)
+    except jinja2.TemplateError as e:               # raise_exception(), undefined names, sandbox bounds
         raise ChatError(f"chat template: {e}") from None
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
-        raise ChatError(f"chat template: {type(e).__name__}: {e}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError, MemoryError,
+            RecursionError) as e:                   # e.g. range(10**9): OverflowError
+        raise ChatError(f"chat template: {type(e).__name__}: {str(e)[:200]}") from None
     pieces = text.split(MEDIA_MARKER)
     if len(pieces) != len(images) + 1:
         raise ChatError(f"chat template: {len(images)} image(s) in the messages, "

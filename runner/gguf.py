@@ -1,6 +1,6 @@
 """Read-only GGUF: metadata and zero-copy tensor views over a file or a region of one.
 
-Layout (SPEC 1), all little-endian:
+Layout (the GGUF specification, ggml docs/gguf.md; gguf-py reads the same), all little-endian:
 
     magic "GGUF" | version u32 | n_tensors u64 | n_kv u64
     n_kv    x  key string | value type u32 | value

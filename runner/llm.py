@@ -22,36 +22,37 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import model as M
-from .chat import ImageRef, render, resolve_template
-from .engine import Engine, ImageSlot, Prompt, SamplingParams, Stats, set_blas_threads
+from .chat import ChatFormat, ImageRef, render, resolve_template
+from .engine import Engine, EngineConfig, check_memory
+from .generation import ImageSlot, Prompt, Result
 from .gguf import GGUFFile
+from .sampling import OPTIONS, SamplingParams
+from .threads import set_blas_threads
 from .tokenizer import Tokenizer, load_tokenizer
 
 IMAGE_CACHE = 32           # encoded images kept per model (by content hash)
 
-SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
-                 "presence_penalty", "frequency_penalty", "logit_bias", "seed")
-
 
 class LLM:
-    def __init__(self, gguf: GGUFFile, n_ctx: int = 8192, threads: int | None = None,
-                 resident: bool | None = None, mmproj: str | os.PathLike | GGUFFile | None = None,
-                 draft_max: int = 8):
+    def __init__(self, gguf: GGUFFile, config: EngineConfig = EngineConfig(), threads: int | None = None,
+                 quantized: bool | None = None, mmproj: str | os.PathLike | GGUFFile | None = None,
+                 chat_format: ChatFormat | None = None):
+        """`chat_format`: from resolve_template; default: the file's template, or none (a
+        base model)."""
         t0 = time.perf_counter()
         set_blas_threads(threads)
         self.gguf = gguf
         self.cfg = M.Config.from_gguf(gguf)
         self.tokenizer: Tokenizer = load_tokenizer(gguf)
-        self.weights = M.load_weights(gguf, self.cfg, resident=resident, threads=threads)
-        self.engine = Engine(self.weights, self.cfg, self.tokenizer, n_ctx=n_ctx, draft_max=draft_max)
+        check_memory(self.cfg, config.n_ctx if config.n_ctx > 0 else self.cfg.n_ctx_train)   # before the weights
+        self.weights = M.load_weights(gguf, self.cfg, quantized=quantized, threads=threads)
+        self.engine = Engine(self.weights, self.cfg, self.tokenizer, config)
         self.vision = None
         self._images: OrderedDict[int, np.ndarray] = OrderedDict()   # content hash -> soft tokens
         if mmproj is not None:
             self.vision = self._load_vision(mmproj, threads)
         self.has_chat_template = bool(gguf.get("tokenizer.chat_template"))
-        # the file's template (SPEC 3); None or "gemma": the built-in Gemma format. A mode
-        # may set another (--chat-template).
-        self.chat_template: str | None = resolve_template(None, gguf.get("tokenizer.chat_template"))[0]
+        self.chat_format = chat_format or resolve_template(None, gguf.get("tokenizer.chat_template"))
         self.load_s = time.perf_counter() - t0
 
     # -- facts -----------------------------------------------------------------------------
@@ -69,8 +70,14 @@ class LLM:
         return self.cfg.n_vocab
 
     @property
-    def stats(self) -> Stats:
-        return self.engine.last_stats
+    def stats(self) -> Result:
+        return self.engine.last
+
+    @property
+    def chat_template(self) -> str:
+        """What chat_prompt formats with: the chat format's template, or the built-in Gemma
+        format for a model that has none (a base model: the REPL completes raw text)."""
+        return self.chat_format.template or "gemma"
 
     # -- tokens ----------------------------------------------------------------------------
 
@@ -80,10 +87,10 @@ class LLM:
     def detokenize(self, ids) -> str:
         return self.tokenizer.decode([int(i) for i in ids])
 
-    def logits(self, ids) -> np.ndarray:
+    def logits(self, ids, chunk: int | None = None) -> np.ndarray:
         """[len(ids), n_vocab] float32: the next-token logits after each prefix, in a
-        fresh context (the engine's cache is left as it was). `ids` may be a Prompt with
-        images."""
+        fresh context (the engine's cache is left as it was), `chunk` rows at a time
+        (default n_batch). `ids` may be a Prompt with images."""
         if not isinstance(ids, Prompt):
             arr = np.asarray(ids)
             if arr.ndim != 1 or arr.size == 0:
@@ -91,7 +98,7 @@ class LLM:
             ids = Prompt([int(i) for i in arr])
         prompt = ids
         out = np.empty((len(prompt), self.cfg.n_vocab), dtype=np.float32)
-        for start, rows in self.engine.prompt_logits(prompt):
+        for start, rows in self.engine.prompt_logits(prompt, chunk):
             out[start:start + len(rows)] = rows
         return out
 
@@ -101,10 +108,31 @@ class LLM:
         prompt = ids if isinstance(ids, Prompt) else self.prompt_of(ids)
         return self.engine.prompt_logprobs(prompt, top_n)
 
+    def embed(self, texts: str | list[str] | list[int] | list[list[int]], pooling: str | None = None,
+              normalize: bool = True) -> np.ndarray:
+        """Embeddings as llama.cpp computes them (runner/embedding.py): one text (or list
+        of token ids) -> [d], a list of them -> [n, d], float32, L2-normalized unless
+        normalize=False. `pooling`: mean, last, cls, or none (one text's [n_tokens, d]);
+        default: the file's declared pooling, else mean. Texts get BOS; computed in fresh
+        contexts, so the engine's cache is left as it was."""
+        from .embedding import Pooling, default_pooling, embed_packs, input_items, token_lists
+        from .embedding import normalize as norm_rows
+        how = default_pooling(self.gguf) if pooling is None else Pooling(pooling)
+        items, single = input_items(texts)
+        if how is Pooling.NONE and not single:
+            raise ValueError("pooling 'none' gives a matrix per input: embed one text at a time")
+        inputs = token_lists(items, lambda t: self.tokenize(t, add_bos=True), self.n_vocab, self.n_ctx)
+        p = 2 if normalize else -1
+        out = [v for pack in embed_packs(self.weights, self.cfg, inputs, how, self.engine.config.n_batch, p)
+               for _, v in pack]
+        if how is Pooling.NONE:
+            return norm_rows(out[0], p)
+        return out[0] if single else np.stack(out)
+
     # -- generation ------------------------------------------------------------------------
 
     def _params(self, kw: dict[str, Any]) -> SamplingParams:
-        unknown = set(kw) - set(SAMPLING_KEYS)
+        unknown = set(kw) - set(OPTIONS)
         if unknown:
             raise TypeError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
         return SamplingParams(**kw)
@@ -130,10 +158,10 @@ class LLM:
         """Continue `prompt` (text, to which BOS is added, or token ids as they are)."""
         return self._run(self.prompt_of(prompt), stream, max_tokens, stop, ignore_eos, sampling)
 
-    def chat_prompt(self, messages: list[dict]) -> Prompt:
-        """The prompt for `messages` under the chat template, with exactly one BOS (added
-        if the template does not write it)."""
-        pieces = render(messages, self.chat_template)
+    def chat_prompt(self, messages: list[dict], template: str | None = None) -> Prompt:
+        """The prompt for `messages` under `template` (default: chat_template), with
+        exactly one BOS (added if the template does not write it)."""
+        pieces = render(messages, template or self.chat_template)
         bos = self.tokenizer.token_text(self.tokenizer.bos_id)
         has_bos = bool(pieces) and isinstance(pieces[0], str) and pieces[0].startswith(bos)
         return self.build_prompt(pieces, add_bos=not has_bos)
@@ -227,9 +255,10 @@ class LLM:
 
 
 def load(model_path: str | os.PathLike, mmproj: str | os.PathLike | GGUFFile | None = None, n_ctx: int = 8192,
-         threads: int | None = None, resident: bool | None = None, offset: int = 0,
-         length: int | None = None, draft_max: int = 8) -> LLM:
-    """Load a Gemma 3 GGUF (from a file, or a region of one) ready to generate.
-    draft_max: greedy decoding checks up to this many guessed tokens at once (0: off)."""
-    return LLM(GGUFFile(model_path, offset, length), n_ctx=n_ctx, threads=threads, resident=resident,
-               mmproj=mmproj, draft_max=draft_max)
+         threads: int | None = None, quantized: bool | None = None, offset: int = 0,
+         length: int | None = None, **config) -> LLM:
+    """Load a Gemma 3 GGUF (from a file, or a region of one) ready to generate. `config`:
+    the rest of EngineConfig (n_batch, draft_max: greedy decoding checks up to this many
+    guessed tokens at once, 0 = off; context_shift, n_keep)."""
+    return LLM(GGUFFile(model_path, offset, length), EngineConfig(n_ctx=n_ctx, **config), threads=threads,
+               quantized=quantized, mmproj=mmproj)

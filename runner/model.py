@@ -45,6 +45,7 @@ class Config:
     n_ctx_train: int
     query_scale: float
     name: str = ""
+    path: str = ""              # the GGUF file, for error messages
 
     def is_sliding(self, il: int) -> bool:
         return self.sliding[il]
@@ -89,15 +90,26 @@ class Config:
         vocab = g.tensors.get("token_embd.weight")
         if vocab is None:
             raise GGUFError(f"{g.path}: tensor token_embd.weight is missing")
+
+        def positive(name, default, kind=float):
+            # why: a NaN epsilon or a zero RoPE base loads fine and then computes NaN logits
+            v = key(name, default, kind)
+            if not (math.isfinite(v) and v > 0):
+                raise GGUFError(f"{g.path}: gemma3.{name}: expected a finite number > 0, found {v!r}")
+            return v
+
+        if not (math.isfinite(scale) and scale > 0):
+            raise GGUFError(f"{g.path}: gemma3.rope scaling factor: expected a finite number > 0, found {scale!r}")
         return cls(
-            n_vocab=vocab.shape[0], d=d, n_layer=n_layer, d_ff=key("feed_forward_length"),
+            n_vocab=vocab.shape[0], d=d, n_layer=n_layer, d_ff=positive("feed_forward_length", None, int),
             n_head=n_head, n_kv=n_kv, head_dim=head_dim,
-            eps=key("attention.layer_norm_rms_epsilon", 1e-6, float),
-            rope_base=key("rope.freq_base", 1e6, float),
-            rope_base_local=key("rope.freq_base_swa", 10000.0, float),
-            rope_scale=scale, sliding_window=window, sliding=sliding,
-            n_ctx_train=key("context_length", 8192), query_scale=q_scalar ** -0.5,
-            name=str(g.get("general.name", "") or ""),
+            eps=positive("attention.layer_norm_rms_epsilon", 1e-6),
+            rope_base=positive("rope.freq_base", 1e6),
+            rope_base_local=positive("rope.freq_base_swa", 10000.0),
+            rope_scale=scale,
+            sliding_window=window, sliding=sliding,
+            n_ctx_train=positive("context_length", 8192, int), query_scale=q_scalar ** -0.5,
+            name=str(g.get("general.name", "") or ""), path=g.path,
         )
 
 
@@ -249,17 +261,13 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def load_weights(g: GGUFFile, cfg: Config, quantized: bool | None = None, threads: int | None = None,
-                 resident: bool | None = None) -> Weights:
+def load_weights(g: GGUFFile, cfg: Config, quantized: bool | None = None, threads: int | None = None) -> Weights:
     """Map every tensor (quantized) or dequantize it to float32 (the numpy path).
 
     quantized=None: quantized where the compiled kernels run (`kernels.available()`:
-    numba importable and GEMMA_RUNNER_KERNELS is not "numpy"). resident is the older
-    name of the choice: True asks for float32, False for quantized weights. threads sets
+    numba importable and GEMMA_RUNNER_KERNELS is not "numpy"). threads sets
     the kernels' threads (None: every core)."""
-    if quantized is None:
-        quantized = not resident if resident is not None else kernels.available()
-    quantized = quantized and kernels.available()
+    quantized = kernels.available() if quantized is None else quantized and kernels.available()
     if quantized:
         kernels.set_threads(threads)
     elif f32_bytes(cfg) > available_memory():

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .gguf import GGUFFile
+from .gguf import GGUFError, GGUFFile
 
 SPACE = "\u2581"             # SentencePiece's visible space
 _HASH_BITS = 22              # bigram table: 4 MB of bools, ~1% false "joinable" for Gemma
@@ -151,12 +151,20 @@ class Tokenizer:
         for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type"):
             if key not in md:
                 raise ValueError(f"{g.path}: metadata {key!r} is missing")
+        n = len(md["tokenizer.ggml.tokens"])
+
+        def token_id(name: str, default: int) -> int:
+            # why: an id past the vocabulary would fail later as an IndexError mid-request
+            key = f"tokenizer.ggml.{name}"
+            v = g.value(key, int, default)
+            if not 0 <= v < n:
+                raise GGUFError(f"{g.path}: {key}: expected a token id from 0 to {n - 1}, found {v}")
+            return v
+
         return cls(md["tokenizer.ggml.tokens"], md["tokenizer.ggml.token_type"],
                    md.get("tokenizer.ggml.scores"),
-                   bos_id=int(md.get("tokenizer.ggml.bos_token_id", 2)),
-                   eos_id=int(md.get("tokenizer.ggml.eos_token_id", 1)),
-                   pad_id=int(md.get("tokenizer.ggml.padding_token_id", 0)),
-                   unk_id=int(md.get("tokenizer.ggml.unknown_token_id", 3)),
+                   bos_id=token_id("bos_token_id", 2), eos_id=token_id("eos_token_id", 1),
+                   pad_id=token_id("padding_token_id", 0), unk_id=token_id("unknown_token_id", 3),
                    add_space_prefix=bool(md.get("tokenizer.ggml.add_space_prefix", False)),
                    add_bos=bool(md.get("tokenizer.ggml.add_bos_token", True)))
 
@@ -199,6 +207,11 @@ class Tokenizer:
         user = np.flatnonzero(self.types == TokenType.USER_DEFINED)
         chars = first(single, n // 8)
         return np.concatenate([user, chars, first(normal & ~single, n - len(user) - len(chars))])
+
+    def byte_of(self, id: int) -> int | None:
+        """The byte a byte-fallback token `<0xNN>` stands for; None for other tokens."""
+        b = self._byte_value[id]
+        return b if b >= 0 else None
 
     def token_text(self, id: int) -> str:
         return self.tokens[id]

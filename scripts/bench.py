@@ -6,6 +6,9 @@
     python scripts/bench.py --binary        # start-up of dist/<model>.llamafile to its first token
     python scripts/bench.py --server        # aggregate tokens/s for 1, 4 and 8 concurrent streams
     python scripts/bench.py --vision        # one image through a full-size SigLIP
+    python scripts/bench.py --geometry 1b,4b,27b   # random-weight files at the seed models' sizes,
+                                            # load, peak RSS, prefill, decode beside llama.cpp
+                                            # (scripts/bench_geometry.py, scripts/geometry.py)
 
 generate follows ../shared/tools/llamacpp-ref's protocol: the shared paragraph repeated
 to a 400-token prompt (best of 2 prefills), then from a 16-token context 64 greedy tokens
@@ -145,19 +148,21 @@ def bench_generate(model: Path, threads: int, prompt_tokens: int, gen_tokens: in
         eng.prefill(Prompt(toks))
     prefill_s = best_of(2, prefill)
 
+    engines = {eng.config.draft_max: eng, 0: eng.spawn(draft_max=0)}
+
     def decode(ids: list[int], draft_max: int) -> tuple[int, float, str]:
         """Best of 2 runs of gen_tokens greedy tokens after `ids`: (tokens, tok/s, right guesses)."""
-        eng.draft_max = draft_max
+        e = engines[draft_max]
         best, n, right = 0.0, 0, ""
         for _ in range(2):
-            eng.reset()
-            n = sum(1 for _ in eng.generate(Prompt(ids), greedy, max_tokens=gen_tokens, ignore_eos=True))
-            st = eng.last_stats
+            e.reset()
+            n = sum(1 for _ in e.generate(Prompt(ids), greedy, max_tokens=gen_tokens, ignore_eos=True))
+            st = e.last
             best = max(best, st.decode_tok_s)
-            right = f"{st.draft_accepted}/{st.draft_tokens}"
+            right = f"{st.draft_accepted}/{st.draft_n}"
         return n, best, right
 
-    draft_max = eng.draft_max
+    draft_max = eng.config.draft_max
     n, decode_tok_s, right = decode(toks[:16], draft_max)
     _, plain_tok_s, _ = decode(toks[:16], 0)
     ours = {"engine": "runner (numpy)", "load_s": round(load_s, 3), "first_token_s": round(first_token_s, 3),
@@ -173,7 +178,6 @@ def bench_generate(model: Path, threads: int, prompt_tokens: int, gen_tokens: in
         _, off, _ = decode(ids, 0)
         print(f"  other text   {name:8s} decode {on:5.1f} tok/s drafted ({right} guesses right), "
               f"{off:5.1f} undrafted")
-    eng.draft_max = draft_max
     ref_tool = SHARED / "llamacpp-ref"
     if not llamacpp or not ref_tool.exists():
         print("               (llama.cpp reference not run)")
@@ -230,19 +234,47 @@ def main() -> int:
     ap.add_argument("--only", default="gguf,quants,tokenizer,generate",
                     help="comma-separated sections: gguf, quants, tokenizer, generate")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompt-tokens", type=int, default=400)
-    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, help="default 400 (--geometry: 128)")
+    ap.add_argument("--gen-tokens", type=int, help="default 64 (--geometry: 32)")
     ap.add_argument("--no-llamacpp", action="store_true", help="do not run the llama.cpp reference")
     ap.add_argument("--binary", action="store_true", help="only: start-up of the packed executable")
     ap.add_argument("--server", action="store_true", help="only: server throughput with 1, 4, 8 streams")
     ap.add_argument("--vision", action="store_true", help="only: one image through a full-size SigLIP")
+    ap.add_argument("--geometry", metavar="SIZES",
+                    help="only: comma-separated sizes (1b, 4b, 12b, 27b, or e.g. 4b:q6_k) at real geometry")
+    ap.add_argument("--ours", choices=["auto", "always", "never"], default="auto",
+                    help="--geometry: run ours where it fits (auto), everywhere, or not at all")
+    ap.add_argument("--repeats", type=int, default=2, help="--geometry: best of this many runs")
+    ap.add_argument("--timeout", type=float, default=900, help="--geometry: seconds per engine and size")
     a = ap.parse_args()
+    geometry = []
+    if a.geometry is not None:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from geometry import parse_spec
+        geometry = [s for s in a.geometry.split(",") if s.strip()]
+        try:
+            if not geometry:
+                raise ValueError("expected comma-separated sizes, e.g. 1b,4b,27b")
+            for spec in geometry:
+                parse_spec(spec)
+        except ValueError as e:
+            print(f"bench: --geometry: {e}", file=sys.stderr)
+            return 2
+    for name in ("prompt_tokens", "gen_tokens", "repeats", "threads"):
+        v = getattr(a, name)
+        if v is not None and v < 1:
+            print(f"bench: --{name.replace('_', '-')}: expected a positive number, found {v}", file=sys.stderr)
+            return 2
     if not a.model.exists():
         print(f"bench: {a.model} not found (run scripts/setup.sh)", file=sys.stderr)
         return 1
     sections = a.only.split(",")
-    if a.binary or a.server or a.vision:
+    if a.binary or a.server or a.vision or geometry:
         sections = []
+    if geometry:
+        from bench_geometry import bench_geometry
+        bench_geometry(geometry, paragraph(), a.threads, a.prompt_tokens or 128, a.gen_tokens or 32,
+                       a.repeats, a.ours, not a.no_llamacpp, a.timeout)
     if a.binary:
         bench_binary(a.model)
     if a.server:
@@ -260,7 +292,7 @@ def main() -> int:
     if "tokenizer" in sections:
         bench_tokenizer(a.model)
     if "generate" in sections:
-        bench_generate(a.model, a.threads, a.prompt_tokens, a.gen_tokens, not a.no_llamacpp)
+        bench_generate(a.model, a.threads, a.prompt_tokens or 400, a.gen_tokens or 64, not a.no_llamacpp)
     return 0
 
 

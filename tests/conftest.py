@@ -1,5 +1,6 @@
-"""Shared fixtures. The real model is required (scripts/setup.sh writes it); tests never
-download anything."""
+"""Shared fixtures: the real 270M model (scripts/setup.sh writes it) and a tiny random one
+(tests/tiny.py) for the fast tier; tests never download anything. `pytest -m fast` runs
+the tests marked fast: no real weights, no torch, tmux, browser or build."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +22,8 @@ def generate_interrupted(llm, monkeypatch, ids, at_layer_call: int, **kw) -> lis
     """Generate greedily from a fresh cache with Ctrl-C raised inside the at_layer_call-th
     decoder layer evaluated (counting from the prompt's); the token ids streamed before."""
     from runner import model as M
-    from runner.engine import Prompt, SamplingParams
+    from runner.engine import Prompt
+    from runner.sampling import SamplingParams
     real_block, calls = M.block, {"n": 0}
 
     def flaky_block(*a, **k):
@@ -37,6 +39,20 @@ def generate_interrupted(llm, monkeypatch, ids, at_layer_call: int, **kw) -> lis
             got.append(t.id)
     monkeypatch.setattr(M, "block", real_block)
     return got
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory) -> Path:
+    """A tiny random Gemma 3 GGUF (tests/tiny.py), written once per session."""
+    from tiny import write_tiny_gguf
+    return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_path):
+    """The tiny random model, loaded once: the fast tier's model for plumbing tests."""
+    import runner
+    return runner.load(tiny_path, n_ctx=2048, threads=2)
 
 
 @pytest.fixture(scope="session")

@@ -17,28 +17,10 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
+from tiny import tiny_vocab
+
 # byte offsets of the fp16 scale fields in blocks gguf-py cannot quantize
 _K_FP16 = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
-
-
-def tiny_vocab(n: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """A small SentencePiece-style vocabulary: Gemma's special tokens at their usual
-    places, 256 byte tokens, single characters and a few words."""
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>",
-                "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
-    tokens = list(specials) + [f"<0x{b:02X}>" for b in range(256)]
-    types = [3] * len(specials) + [6] * 256
-    words = ["▁", "\n"] + list("abcdefghijklmnopqrstuvwxyz.,!?") + \
-        ["▁the", "▁a", "▁is", "▁of", "th", "he", "in", "er", "an", "▁to"]
-    for w in words:
-        if len(tokens) < n:
-            tokens.append(w)
-            types.append(1)
-    while len(tokens) < n:
-        tokens.append(f"<unused{len(tokens)}>")
-        types.append(5)
-    scores = -np.arange(n, dtype=np.float32)
-    return tokens, np.array(types, dtype=np.int32), scores
 
 
 def text_config(vocab: int = 300, d: int = 64, d_ff: int = 128, layers: int = 7, heads: int = 4,

@@ -113,24 +113,14 @@ def test_llm_chat_prompt_with_the_template_equals_builtin(llm):
     """The same tokens through the LLM: the file's template or the built-in format."""
     msgs = CHATS[2]
     builtin = llm.chat_prompt(msgs).tokens
-    saved = llm.chat_template
-    try:
-        llm.chat_template = GEMMA3
-        assert llm.chat_prompt(msgs).tokens == builtin
-    finally:
-        llm.chat_template = saved
+    assert llm.chat_prompt(msgs, GEMMA3).tokens == builtin
     assert builtin[0] == llm.tokenizer.bos_id and builtin.count(llm.tokenizer.bos_id) == 1
 
 
 def test_chat_prompt_has_exactly_one_bos(llm):
     """Whether or not the template writes bos_token, the prompt starts with one BOS."""
     messages = [{"role": "user", "content": "Hi"}]
-    saved = llm.chat_template
-    try:
-        for template in ("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}",
-                         "{% for m in messages %}{{ m.content }}{% endfor %}", "gemma"):
-            llm.chat_template = template
-            ids = llm.chat_prompt(messages).tokens
-            assert ids[0] == llm.tokenizer.bos_id and llm.tokenizer.bos_id not in ids[1:], template
-    finally:
-        llm.chat_template = saved
+    for template in ("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}",
+                     "{% for m in messages %}{{ m.content }}{% endfor %}", "gemma"):
+        ids = llm.chat_prompt(messages, template).tokens
+        assert ids[0] == llm.tokenizer.bos_id and llm.tokenizer.bos_id not in ids[1:], template

@@ -70,6 +70,26 @@ def test_chat_template_sends_the_prompt_as_a_user_turn(llm):
     assert out(p) == q + "\n" + llm.chat([{"role": "user", "content": q}], max_tokens=8, temperature=0)
 
 
+@pytest.mark.parametrize("how", ["name", "file"])
+def test_named_and_file_chat_templates(llm, tmp_path, how):
+    """--chat-template chatml (llama.cpp's name) and the same format from
+    --chat-template-file: the prompt the model reads is ChatML's text, as llama.cpp's
+    llm_chat_apply_template writes it."""
+    q = "Name a color."
+    chatml = f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+    want = llm.complete(chatml, max_tokens=8, temperature=0)
+    if how == "name":
+        flags = ["--chat-template", "chatml"]
+    else:
+        f = tmp_path / "chatml.jinja"
+        f.write_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+        flags = ["--chat-template-file", str(f)]
+    p = cli("--cli", *flags, "-p", q, "-n", "8", "--temp", "0", "--log-disable")
+    assert p.returncode == 0, err(p)
+    assert out(p) == q + "\n" + want
+
+
 def test_n_zero_prints_only_the_prompt():
     p = cli("--cli", "-p", PROMPT, "-n", "0", "--log-disable")
     assert p.returncode == 0 and out(p) == PROMPT and p.stderr == b""
@@ -93,6 +113,10 @@ def test_prompt_too_long_for_the_context():
     (["--cli", "-f", "/nonexistent/prompt.txt"], None, 1, "no such file"),
     (["--cli", "-f", "/"], None, 1, "directory"),
     (["--cli", "--chat-template", "{% if %}", "-p", "x"], None, 2, "--chat-template"),
+    (["--cli", "--chat-template", "llama2", "-p", "x"], None, 2, "unknown chat template 'llama2'"),
+    (["--cli", "--chat-template-file", "/nonexistent/t.jinja", "-p", "x"], None, 1, "no such file"),
+    (["--cli", "--chat-template", "gemma", "--chat-template-file", "t.jinja", "-p", "x"], None, 2,
+     "--chat-template-file"),
     (["--cli", "-m", "/nonexistent/model.gguf", "-p", "x"], None, 1, "no such file"),
 ])
 def test_user_errors_are_one_line_and_a_status(argv, stdin, status, needle):

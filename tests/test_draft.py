@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from runner.draft import DraftVocab
-from runner.engine import Prompt, SamplingParams
-from runner.sampling import adjust
+from runner.engine import Prompt
+from runner.generation import Stop
+from runner.sampling import SamplingParams, adjust
 
 from conftest import generate_interrupted
 
@@ -28,34 +29,43 @@ PROMPTS = [
 ]
 
 
+_undrafted = {}
+
+
+def engine(llm, draft_max: int):
+    """The model's engine (drafting: draft_max 8), or one beside it over the same weights
+    with drafting off (draft_max 0)."""
+    if draft_max == llm.engine.config.draft_max:
+        return llm.engine
+    if id(llm) not in _undrafted:
+        _undrafted[id(llm)] = llm.engine.spawn(draft_max=draft_max)
+    return _undrafted[id(llm)]
+
+
 def run(llm, ids, draft_max, params=GREEDY, n=40, fresh=True, **kw):
-    """(tokens with their text, stats, the cache's keys afterwards)."""
-    eng = llm.engine
-    before, eng.draft_max = eng.draft_max, draft_max
+    """(tokens with their text, result, the ids the cache holds afterwards)."""
+    eng = engine(llm, draft_max)
     if fresh:
         eng.reset()
-    try:
-        toks = [(t.id, t.text) for t in eng.generate(Prompt(list(ids)), params, max_tokens=n, **kw)]
-    finally:
-        eng.draft_max = before
-    return toks, eng.last_stats, list(eng.keys)
+    toks = [(t.id, t.text) for t in eng.generate(Prompt(list(ids)), params, max_tokens=n, **kw)]
+    return toks, eng.last, list(eng.ids)
 
 
 @pytest.fixture
 def long_rounds(llm, monkeypatch):
     """Rounds of 8 positions whatever the guesses' record (misses then cost the most)."""
-    monkeypatch.setattr(llm.engine, "_draft_length", lambda: llm.engine.draft_max)
+    monkeypatch.setattr(llm.engine, "_draft_length", lambda: llm.engine.config.draft_max)
 
 
 @pytest.mark.parametrize("text", PROMPTS)
 def test_drafted_greedy_equals_undrafted(llm, text):
     ids = llm.tokenize(text)
-    plain, st0, keys0 = run(llm, ids, 0, n=48, ignore_eos=True)
-    drafted, st, keys = run(llm, ids, 8, n=48, ignore_eos=True)
+    plain, st0, held0 = run(llm, ids, 0, n=48, ignore_eos=True)
+    drafted, st, held = run(llm, ids, 8, n=48, ignore_eos=True)
     assert drafted == plain
-    assert keys == keys0                        # the cache holds the same positions
-    assert st.draft_tokens > 0 and st.draft_accepted > 0
-    assert st0.draft_tokens == 0
+    assert held == held0                        # the cache holds the same positions
+    assert st.draft_n > 0 and st.draft_accepted > 0
+    assert st0.draft_n == 0
     assert st.decode_steps == st0.decode_steps == 47
 
 
@@ -63,12 +73,12 @@ def test_many_wrong_guesses_still_give_the_same_text(llm, monkeypatch, long_roun
     """A draft vocabulary of 64 pieces guesses nearly everything wrong, in rounds of 8:
     every wrong guess discards the positions after it, and the text does not change."""
     ids = llm.tokenize(PROMPTS[2])
-    plain, _, keys0 = run(llm, ids, 0, n=32, ignore_eos=True)
+    plain, _, held0 = run(llm, ids, 0, n=32, ignore_eos=True)
     monkeypatch.setattr(llm.engine, "_draft", None)
     monkeypatch.setattr(llm.engine, "DRAFT_VOCAB", 64)
-    drafted, st, keys = run(llm, ids, 8, n=32, ignore_eos=True)
-    assert drafted == plain and keys == keys0
-    assert st.draft_accepted < st.draft_tokens   # wrong guesses happened
+    drafted, st, held = run(llm, ids, 8, n=32, ignore_eos=True)
+    assert drafted == plain and held == held0
+    assert st.draft_accepted < st.draft_n   # wrong guesses happened
 
 
 @pytest.mark.parametrize("params", [
@@ -97,37 +107,35 @@ def test_logit_bias_bans_and_boosts(llm, long_rounds):
 @pytest.mark.parametrize("n", [1, 2, 7, 9, 13])
 def test_max_tokens_is_exact(llm, n, long_rounds):
     ids = llm.tokenize(PROMPTS[1])
-    plain, _, keys0 = run(llm, ids, 0, n=n, ignore_eos=True)
-    drafted, st, keys = run(llm, ids, 8, n=n, ignore_eos=True)
-    assert drafted == plain and len(drafted) == n and keys == keys0
-    assert st.finish_reason == "length"
+    plain, _, held0 = run(llm, ids, 0, n=n, ignore_eos=True)
+    drafted, st, held = run(llm, ids, 8, n=n, ignore_eos=True)
+    assert drafted == plain and len(drafted) == n and held == held0
+    assert st.stop is Stop.LIMIT
 
 
 def test_stop_strings_and_end_of_text(llm, long_rounds):
     ids = llm.tokenize(PROMPTS[3])
     full = "".join(t for _, t in run(llm, ids, 0, n=40, ignore_eos=True)[0])
     stop = full[len(full) // 2:len(full) // 2 + 4]
-    plain, st0, keys0 = run(llm, ids, 0, n=40, stop=[stop])
-    drafted, st, keys = run(llm, ids, 8, n=40, stop=[stop])
-    assert drafted == plain and keys == keys0
-    assert st.finish_reason == st0.finish_reason == "stop"
+    plain, st0, held0 = run(llm, ids, 0, n=40, stop=[stop])
+    drafted, st, held = run(llm, ids, 8, n=40, stop=[stop])
+    assert drafted == plain and held == held0
+    assert st.stop is st0.stop and st.finish_reason == "stop"
     # a chat turn that ends with <end_of_turn>: generation stops at it, like undrafted
     chat = llm.chat_prompt([{"role": "user", "content": "Say hello."}])
-    plain, st0, keys0 = run(llm, chat.tokens, 0, n=60)
-    drafted, st, keys = run(llm, chat.tokens, 8, n=60)
-    assert drafted == plain and keys == keys0
-    assert (st.finish_reason, st.stop_type) == (st0.finish_reason, st0.stop_type)
+    plain, st0, held0 = run(llm, chat.tokens, 0, n=60)
+    drafted, st, held = run(llm, chat.tokens, 8, n=60)
+    assert drafted == plain and held == held0
+    assert st.stop is st0.stop
 
 
 def test_logprobs_match(llm, long_rounds):
     ids = llm.tokenize(PROMPTS[0])
-    eng = llm.engine
     out = {}
     for dm in (0, 8):
-        eng.draft_max = dm
+        eng = engine(llm, dm)
         eng.reset()
         out[dm] = list(eng.generate(Prompt(ids), GREEDY, max_tokens=12, ignore_eos=True, logprobs=3))
-    eng.draft_max = 8
     for a, b in zip(out[0], out[8], strict=True):
         assert a.id == b.id
         assert b.logprob == pytest.approx(a.logprob, abs=1e-4)
@@ -139,11 +147,11 @@ def test_a_full_context_ends_where_undrafted_ends(model_path):
     small = runner.load(model_path, n_ctx=48)
     ids = small.tokenize(PROMPTS[0])
     small.engine._draft_length = lambda: 8
-    plain, st0, keys0 = run(small, ids, 0, n=None, ignore_eos=True)
-    drafted, st, keys = run(small, ids, 8, n=None, ignore_eos=True)
-    assert drafted == plain and keys == keys0
-    assert st.finish_reason == st0.finish_reason == "context"
-    assert len(keys) == 47
+    plain, st0, held0 = run(small, ids, 0, n=None, ignore_eos=True)
+    drafted, st, held = run(small, ids, 8, n=None, ignore_eos=True)
+    assert drafted == plain and held == held0
+    assert st.stop is st0.stop is Stop.CONTEXT
+    assert len(held) == 47
 
 
 def test_closing_mid_round_keeps_only_what_was_emitted(llm, long_rounds):
@@ -158,7 +166,7 @@ def test_closing_mid_round_keeps_only_what_was_emitted(llm, long_rounds):
         gen = eng.generate(Prompt(ids), GREEDY, max_tokens=24, ignore_eos=True)
         got = [next(gen).id for _ in range(k)]
         gen.close()
-        assert eng.keys == ids + got[:-1]
+        assert eng.ids == ids + got[:-1]
         rest, _, _ = run(llm, ids + got, 8, n=24 - k, fresh=False, ignore_eos=True)
         assert got + [t for t, _ in rest] == [t for t, _ in expect]
 
@@ -170,7 +178,7 @@ def test_interrupt_while_drafting_keeps_the_cache_consistent(llm, monkeypatch, l
     # of the first round
     got = generate_interrupted(llm, monkeypatch, ids, 18 + 4 * 18 + 7, max_tokens=20)
     assert len(got) == 1                          # the round's tokens were not yet checked
-    assert llm.engine.keys == ids                 # nor kept
+    assert llm.engine.ids == ids                  # nor kept
     rest, _, _ = run(llm, ids + got, 8, n=19, fresh=False, ignore_eos=True)
     assert got + [t for t, _ in rest] == [t for t, _ in expect]
 
@@ -180,7 +188,7 @@ def test_sampling_never_drafts(llm):
     p = SamplingParams(temperature=0.8, seed=7)
     a, st, _ = run(llm, ids, 8, p, n=16, ignore_eos=True)
     b, _, _ = run(llm, ids, 0, p, n=16, ignore_eos=True)
-    assert a == b and st.draft_tokens == 0
+    assert a == b and st.draft_n == 0
 
 
 # -- the pieces ------------------------------------------------------------------------
@@ -228,3 +236,16 @@ def test_frequent_pieces_cover_punctuation_digits_and_whitespace(llm):
     pieces = {tok.token_text(i) for i in ids}
     assert {".", ",", "0", "1", ":", "(", "e", "\n", "\n\n", "▁the", "▁and"} <= pieces
     assert not any(tok.is_control(i) for i in ids)
+
+
+@pytest.mark.parametrize("draft_max", [0, 8])
+def test_context_shift_greedy_equals_a_fresh_run_over_the_kept_tokens(model_path, draft_max):
+    """On the real model, greedy (drafted or not) through shifted contexts: what follows
+    the first shift is exactly the greedy continuation of the kept tokens."""
+    import runner
+    from test_engine import shifted_run
+    small = runner.load(model_path, n_ctx=64, draft_max=draft_max, context_shift=True)
+    out, kept, at, _ = shifted_run(small, Prompt(small.tokenize(PROMPTS[0])), GREEDY, 100)
+    fresh = small.engine.spawn()
+    follow = [t.id for t in fresh.generate(Prompt(kept), GREEDY, max_tokens=24, ignore_eos=True) if t.id >= 0]
+    assert out[at:at + 24] == follow

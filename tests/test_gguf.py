@@ -96,6 +96,7 @@ def check_contents(g: GGUFFile) -> None:
         assert info.offset % g.alignment == 0
 
 
+@pytest.mark.fast
 def test_round_trip_all_value_types(small_gguf):
     g = GGUFFile(small_gguf)
     check_contents(g)
@@ -104,6 +105,7 @@ def test_round_trip_all_value_types(small_gguf):
     assert g.version == 3 and g.alignment == 32
 
 
+@pytest.mark.fast
 def test_agrees_with_gguf_py_reader(small_gguf):
     r = ggufpy.GGUFReader(str(small_gguf))
     g = GGUFFile(small_gguf)
@@ -113,6 +115,7 @@ def test_agrees_with_gguf_py_reader(small_gguf):
         assert np.array_equal(g.raw(t.name).reshape(-1), np.asarray(t.data).view(np.uint8).reshape(-1))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("alignment", [1, 8, 64, 4096])
 def test_alignments(tmp_path, alignment):
     path = tmp_path / f"a{alignment}.gguf"
@@ -122,6 +125,7 @@ def test_alignments(tmp_path, alignment):
     check_contents(g)
 
 
+@pytest.mark.fast
 def test_version_2(tmp_path, small_gguf):
     # v2 and v3 share the layout (v3 only added big-endian files): patch the version field
     data = bytearray(small_gguf.read_bytes())
@@ -133,6 +137,7 @@ def test_version_2(tmp_path, small_gguf):
     check_contents(g)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("alignment", [32, 64])
 def test_embedded_at_offset(tmp_path, alignment):
     """A GGUF inside a larger file (as in the single-file executable), at an offset that is
@@ -151,6 +156,7 @@ def test_embedded_at_offset(tmp_path, alignment):
         GGUFFile(outer, offset=len(head), length=data_end - 1)
 
 
+@pytest.mark.fast
 def test_bad_regions_and_files(tmp_path, small_gguf):
     size = small_gguf.stat().st_size
     with pytest.raises(GGUFError, match="outside the file"):
@@ -177,6 +183,7 @@ def _patched(path: Path, tmp: Path, at: int, fmt: str, value) -> Path:
     return out
 
 
+@pytest.mark.fast
 def test_specific_corruptions(tmp_path, small_gguf):
     # header counts far beyond the file size: refused before any allocation
     with pytest.raises(GGUFError, match="tensor count"):
@@ -200,6 +207,7 @@ def _tensor_type_offset(path: Path) -> tuple[int, int]:
     return type_at, type_at + 4
 
 
+@pytest.mark.fast
 def test_bad_tensor_fields(tmp_path, small_gguf):
     type_at, offset_at = _tensor_type_offset(small_gguf)
     with pytest.raises(GGUFError, match="unknown ggml type"):
@@ -225,6 +233,7 @@ def _parse_or_gguf_error(path: Path, offset: int = 0, length: int | None = None)
     return g
 
 
+@pytest.mark.fast
 def test_every_truncation_raises_gguf_error(small_gguf):
     size = small_gguf.stat().st_size
     full = GGUFFile(small_gguf)
@@ -241,6 +250,7 @@ def test_every_truncation_raises_gguf_error(small_gguf):
     assert peak < 16 << 20, f"parsing truncated files allocated {peak} bytes"
 
 
+@pytest.mark.fast
 def test_random_byte_flips_never_crash(tmp_path, small_gguf):
     rng = np.random.default_rng(7)
     original = small_gguf.read_bytes()
@@ -275,6 +285,7 @@ def test_real_model_metadata(model_path):
         assert g.tensors[t.name].offset == t.data_offset - r.data_offset
 
 
+@pytest.mark.fast
 def test_typed_values_and_their_errors(small_gguf):
     g = GGUFFile(small_gguf)
     assert g.value("t.u32") == 4_000_000_000 and g.value("t.f32", float) == 1.5

@@ -83,7 +83,7 @@ def test_repl_upload_lays_out_the_image_as_the_chat_api_does(mm, files):
     llm.chat_prompt for an image part followed by the text (the processor's layout)."""
     _, _, pics = files
     data = pics[0].read_bytes()
-    conv = Conversation(mm, "gemma", raw=False)
+    conv = Conversation(mm, "gemma")
     conv.pending.append(("pic0.png", conv.add_image(data)))
     turn = conv.prompt(QUESTION)
     ref = mm.chat_prompt(image_message(data))
@@ -91,7 +91,7 @@ def test_repl_upload_lays_out_the_image_as_the_chat_api_does(mm, files):
     assert [(im.start, im.key) for im in turn.images] == [(im.start, im.key) for im in ref.images]
     ahead = conv.next_prefix()                       # what is computed while the user types
     assert len(ahead.images) == 1 and ahead.images[0].start == ref.images[0].start
-    assert ahead.keys() == ref.keys()[:len(ahead)]
+    assert ahead.ids() == ref.ids()[:len(ahead)]
 
 
 def test_repl_upload_session(files):
@@ -160,6 +160,31 @@ def test_chat_api_image_without_vision(files):
             {"type": "image_url", "image_url": {"url": data_uri(pics[0])}}]}], "max_tokens": 2}
         r = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == 400 and "--mmproj" in r.json()["error"]["message"]
+
+
+def test_responses_api_with_an_image_equals_the_library(mm, server, files):
+    """client.responses.create with an input_image part (a data: URI)."""
+    import openai
+    _, _, pics = files
+    client = openai.OpenAI(base_url=server + "/v1", api_key="x", max_retries=0, timeout=120)
+    r = client.responses.create(model="m", max_output_tokens=6, temperature=0, input=[{"role": "user", "content": [
+        {"type": "input_image", "image_url": data_uri(pics[1])}, {"type": "input_text", "text": QUESTION}]}])
+    mm.engine.reset()
+    assert r.output_text == mm.chat(image_message(pics[1].read_bytes()), max_tokens=6, temperature=0)
+    assert r.usage.input_tokens == len(mm.chat_prompt(image_message(pics[1].read_bytes())))
+
+
+def test_anthropic_api_with_an_image_equals_the_library(mm, server, files):
+    """client.messages.create with a base64 image block."""
+    import anthropic
+    _, _, pics = files
+    client = anthropic.Anthropic(base_url=server, api_key="x", max_retries=0, timeout=120)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": base64.b64encode(pics[0].read_bytes()).decode()}}
+    m = client.messages.create(model="m", max_tokens=6, extra_body={"temperature": 0}, messages=[
+        {"role": "user", "content": [image, {"type": "text", "text": QUESTION}]}])
+    mm.engine.reset()
+    assert m.content[0].text == mm.chat(image_message(pics[0].read_bytes()), max_tokens=6, temperature=0)
 
 
 def test_embed_image_api(mm, files):

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from runner.modes import jsonmode as J
-from runner.sampling import SamplingParams
-from runner.tokenizer import SPACE, TokenType
+from runner.sampling import SamplingParams, sample
+from runner.tokenizer import SPACE, Tokenizer, TokenType
+
+pytestmark = pytest.mark.fast
 
 
 def random_value(rng: random.Random, depth: int = 0):
@@ -97,12 +99,20 @@ def test_whitespace_is_one_newline_and_an_indent():
     assert J.feed(J.START, "{\r\n") is None
 
 
-class ToyTokenizer:
-    """Just what JSONVocab reads: pieces and their types."""
+def ToyTokenizer(pieces: list[str], types: list[int] | None = None) -> Tokenizer:
+    """A tokenizer over just these pieces (JSONVocab reads pieces, types and byte tokens)."""
+    return Tokenizer([p.replace(" ", SPACE) for p in pieces], types or [TokenType.NORMAL] * len(pieces))
 
-    def __init__(self, pieces: list[str], types: list[int] | None = None):
-        self.tokens = [p.replace(" ", SPACE) for p in pieces]
-        self.types = np.array(types or [TokenType.NORMAL] * len(pieces), dtype=np.int32)
+
+def sample_json(vocab, state, logits, params, rng, recent):
+    """(token, next state) drawn under the JSON constraint in `state`; None if nothing is valid."""
+    c = J.JSONConstraint(vocab)
+    c.state = state
+    tok = sample(logits, params, rng, recent, c)
+    if tok is None:
+        return None
+    c.advance(tok)
+    return tok, c.state
 
 
 def test_sampler_picks_the_best_valid_token_and_never_an_invalid_one():
@@ -117,23 +127,23 @@ def test_sampler_picks_the_best_valid_token_and_never_an_invalid_one():
     logits[ids["<eos>"]] = 9                  # control tokens are never generated
     logits[ids['{"']] = 2
     logits[ids["{"]] = 1
-    tok, state = J.sample_json(vocab, J.START, logits, greedy, rng, [])
+    tok, state = sample_json(vocab, J.START, logits, greedy, rng, [])
     assert tok == ids['{"']
     # inside a key: the byte token for '"' closes it, 'a' continues it
     logits[:] = 0
     logits[ids["<0x22>"]] = 5
-    tok2, state2 = J.sample_json(vocab, state, logits, greedy, rng, [])
+    tok2, state2 = sample_json(vocab, state, logits, greedy, rng, [])
     assert tok2 == ids["<0x22>"] and state2[0] == J.COLON
     # after the key only ':' is valid, whatever the logits prefer
     logits[:] = 0
     logits[ids["}"]] = 8
     logits[ids[" 1"]] = 7
-    assert J.sample_json(vocab, state2, logits, greedy, rng, [])[0] == ids[":"]
+    assert sample_json(vocab, state2, logits, greedy, rng, [])[0] == ids[":"]
     # sampling at a high temperature only ever draws valid tokens
     params = SamplingParams(temperature=5.0, top_k=0, top_p=1.0, min_p=0.0, seed=1)
     state3 = J.feed(state2, ":")
     for seed in range(50):
-        tok, nxt = J.sample_json(vocab, state3, np.zeros(len(pieces), np.float32), params,
+        tok, nxt = sample_json(vocab, state3, np.zeros(len(pieces), np.float32), params,
                                  np.random.default_rng(seed), [])
         assert nxt is not None and pieces[tok] in ("{", '{"', '"', " 1", "1", "<0x22>", "  ")
 
@@ -141,4 +151,4 @@ def test_sampler_picks_the_best_valid_token_and_never_an_invalid_one():
 def test_banned_tokens_leave_no_choice_returns_none():
     vocab = J.JSONVocab(ToyTokenizer(["{", "x"]))
     params = SamplingParams(temperature=0, logit_bias={0: -np.inf})
-    assert J.sample_json(vocab, J.START, np.zeros(2, np.float32), params, np.random.default_rng(0), []) is None
+    assert sample_json(vocab, J.START, np.zeros(2, np.float32), params, np.random.default_rng(0), []) is None

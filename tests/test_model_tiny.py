@@ -88,17 +88,17 @@ def test_every_weight_type(tmp_path):
     compare(path, hf, random_ids(40, 512, seed=4))
 
 
-def test_streamed_weights_equal_resident(tmp_path):
-    """Quantized weights multiplied by the compiled kernels (resident=False) compute the
-    same logits as float32 weights (resident=True, the numpy path)."""
+def test_quantized_weights_equal_float32(tmp_path):
+    """Quantized weights multiplied by the compiled kernels (quantized=True) compute the
+    same logits as float32 weights (quantized=False, the numpy path)."""
     cfg = text_config(vocab=512, d=256, d_ff=512, layers=2, heads=4, kv_heads=2, head_dim=64, window=8)
     hf = build_text_model(cfg, seed=5)
     path = write_text_gguf(hf, tmp_path / "stream.gguf", types=lambda n, s: Q.Q4_K if "ffn" in n else Q.Q8_0)
     ids = random_ids(30, 512, seed=5)
-    resident = runner.load(path, n_ctx=64, resident=True).logits(ids)
-    streamed = runner.load(path, n_ctx=64, resident=False).logits(ids)
-    np.testing.assert_allclose(streamed, resident, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(streamed, hf_logits(hf, ids), rtol=0, atol=RTOL * np.abs(resident).max())
+    f32 = runner.load(path, n_ctx=64, quantized=False).logits(ids)
+    quant = runner.load(path, n_ctx=64, quantized=True).logits(ids)
+    np.testing.assert_allclose(quant, f32, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(quant, hf_logits(hf, ids), rtol=0, atol=RTOL * np.abs(f32).max())
 
 
 def test_incremental_decode_and_chunks_equal_full_pass(tmp_path):
@@ -122,7 +122,7 @@ def test_incremental_decode_and_chunks_equal_full_pass(tmp_path):
 def test_batched_decode_equals_one_sequence_at_a_time(tmp_path):
     """Several sequences at different positions (some past the sliding window), one token
     each in one pass over the weights, give the logits each gets decoded alone."""
-    from runner.engine import Engine, Prompt, decode_batch
+    from runner.engine import Prompt, decode_batch
     cfg = text_config(vocab=300, d=64, layers=7, heads=4, kv_heads=2, head_dim=32, window=16)
     hf = build_text_model(cfg, seed=7)
     path = write_text_gguf(hf, tmp_path / "batch.gguf")
@@ -132,17 +132,17 @@ def test_batched_decode_equals_one_sequence_at_a_time(tmp_path):
     nxt = [11, 12, 13, 14]
     alone = []
     for p, t in zip(prompts, nxt):
-        e = Engine(llm.weights, llm.cfg, llm.tokenizer, n_ctx=128)
+        e = llm.engine.spawn()
         e.prefill(Prompt(p))
-        alone.append(e._decode(t))
-    engines = [Engine(llm.weights, llm.cfg, llm.tokenizer, n_ctx=128) for _ in prompts]
+        alone.append(decode_batch([e], [t])[0])
+    engines = [llm.engine.spawn() for _ in prompts]
     for e, p in zip(engines, prompts):
         e.prefill(Prompt(p))
     together = decode_batch(engines, nxt)
     np.testing.assert_allclose(together, np.stack(alone), rtol=0, atol=1e-5 * np.abs(together).max())
-    assert [e.keys for e in engines] == [p + [t] for p, t in zip(prompts, nxt)]
+    assert [e.ids for e in engines] == [p + [t] for p, t in zip(prompts, nxt)]
     # and they go on from there, each its own way
     again = decode_batch(engines, [1, 2, 3, 4])
-    ref = Engine(llm.weights, llm.cfg, llm.tokenizer, n_ctx=128)
+    ref = llm.engine.spawn()
     ref.prefill(Prompt(prompts[2] + [13]))
-    np.testing.assert_allclose(again[2], ref._decode(3), rtol=0, atol=1e-5 * np.abs(again).max())
+    np.testing.assert_allclose(again[2], decode_batch([ref], [3])[0], rtol=0, atol=1e-5 * np.abs(again).max())

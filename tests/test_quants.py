@@ -49,6 +49,7 @@ def assert_bit_exact(ours: np.ndarray, ref: np.ndarray) -> None:
     assert not diff.any(), f"{diff.sum()} of {diff.size} values differ"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_bit_exact_vs_gguf_py(qtype):
     rng = np.random.default_rng(int(qtype))
@@ -62,6 +63,7 @@ def test_bit_exact_vs_gguf_py(qtype):
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q5_0],
                          ids=lambda t: t.name)
+@pytest.mark.fast
 def test_large_tensor_chunked_and_threaded(qtype):
     """Many chunks (the kernels work in 64k-value pieces) and several threads give the
     same bits as one gguf-py call."""
@@ -89,6 +91,7 @@ def test_real_model_tensors(model_path):
     assert seen == {GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q4_K, GGMLType.Q6_K}
 
 
+@pytest.mark.fast
 def test_bad_input():
     with pytest.raises(ValueError, match="not whole Q4_0 blocks"):
         dequantize(np.zeros((2, 17), np.uint8), GGMLType.Q4_0)

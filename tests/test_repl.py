@@ -284,26 +284,49 @@ def test_chat_session_with_a_system_prompt(terminal, llm):
 
 # -- the REPL through a pipe ---------------------------------------------------------------------
 
-def piped(args: list[str], lines: str, home: Path) -> subprocess.CompletedProcess:
+def piped(args: list[str], lines: str, home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "HOME": str(home), "PYTHONIOENCODING": "utf-8"}
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=ROOT, env=env, input=lines,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_piped_session_and_a_full_context(llm, tmp_path):
-    """Without a terminal the REPL reads lines (no prompt); a full context is said, with
-    what to do, and the chat goes on."""
+    """Without a terminal the REPL reads lines (no prompt); a full context is said, the
+    next message makes room by dropping the oldest exchange (said too), a message too
+    long on its own is refused with what to do, and the chat goes on."""
+    long = " ".join(["word"] * 40)
     p = piped(["-c", "24", "--log-disable"],
-              "Hi there\nMore words that no longer fit in the context\n/forget\n/context\n/exit\n", tmp_path)
+              f"Hi there\nMore words that no longer fit in the context\n{long}\n/forget\n/context\n/exit\n",
+              tmp_path)
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
     err = p.stderr.splitlines()
     assert err[0].startswith("the context is full: the reply was cut short")
-    assert err[1].startswith("the context is full: this message needs") and "/forget" in err[1]
+    assert "[the context is full: dropped the oldest exchange (1); the system prompt stays]" in p.stdout
+    assert err[1].startswith("the context is full: the reply was cut short")       # the second reply
+    assert err[2].startswith("the context is full: this message needs") and "/forget" in err[2]
     assert "forgot the oldest exchange" in p.stdout
     assert re.search(r"\b1 of 24 context tokens used", p.stdout)
     reply = llm.detokenize(generated_ids(llm, llm.tokenize("Hi there"), 16))   # it ran on to the end
     assert norm(reply) in norm(p.stdout)
+
+
+def test_a_chat_three_times_longer_than_the_context_keeps_answering(llm, tmp_path):
+    """-c 512 and a conversation of ~1500 tokens: every turn is answered, the oldest
+    exchanges are dropped with a notice, and the system prompt is still what the model
+    reads first (/dump)."""
+    system = "SYSTEM NOTE: the notes below are a ship's log."
+    turns = [f"Entry {i}: " + " ".join(["the river rose and the village slept"] * 12) for i in range(16)]
+    lines = "\n".join(turns + ["/dump", "/exit"]) + "\n"
+    p = piped(["-c", "512", "-n", "24", "-p", system, "--chat-template", "gemma", "--log-disable"], lines,
+              tmp_path, timeout=900)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert sum(len(llm.tokenize(t)) + 24 for t in turns) > 3 * 512        # with the replies
+    assert p.stdout.count("[the context is full: dropped the oldest exchange") >= 3
+    assert "this message needs" not in p.stderr
+    dump = p.stdout[p.stdout.rindex("<bos>"):]
+    assert dump.startswith(f"<bos><start_of_turn>user\n{system}\n\nEntry ")  # the system prompt stays first
+    assert "Entry 15" in dump and "Entry 0:" not in dump                   # the newest kept, the oldest gone
 
 
 def test_raw_mode_reverse_prompt_keeps_the_stop_string(llm, tmp_path):
@@ -332,7 +355,7 @@ def fake_reply(conv, llm, turn, text):
 
 
 def test_raw_turn_keeps_the_generated_ids(llm):
-    conv = Conversation(llm, None, raw=True)
+    conv = Conversation(llm, None)
     turn = conv.prompt("The capital of France is")
     assert list(turn.tokens) == llm.tokenize("The capital of France is")
     ids = generated_ids(llm, turn.tokens, 8)
@@ -343,7 +366,7 @@ def test_raw_turn_keeps_the_generated_ids(llm):
 
 
 def test_chat_turn_matches_the_chat_format(llm):
-    conv = Conversation(llm, None, raw=False, system="Be brief.")
+    conv = Conversation(llm, "gemma", system="Be brief.")
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     turn = conv.prompt("Hi")
     assert turn.tokens == tuple(llm.chat_prompt(msgs).tokens)
@@ -360,7 +383,7 @@ def test_chat_turn_matches_the_chat_format(llm):
 
 
 def test_undo_push_pop_forget_and_the_cache(llm):
-    conv = Conversation(llm, None, raw=False, system="S.")
+    conv = Conversation(llm, "gemma", system="S.")
     points = [conv.state]
     for q in ("one", "two", "three"):
         fake_reply(conv, llm, conv.prompt(q), q.upper())
@@ -371,7 +394,7 @@ def test_undo_push_pop_forget_and_the_cache(llm):
 
     assert conv.undo() is points[2]
     sync_cache(llm.engine, conv.state.prompt())
-    assert llm.engine.keys == list(conv.state.tokens)[:len(llm.engine.keys)]    # rewound with it
+    assert llm.engine.ids == list(conv.state.tokens)[:len(llm.engine.ids)]    # rewound with it
     assert conv.pop() is points[3] and conv.stack == []
 
     dropped = conv.forget()
@@ -386,19 +409,19 @@ def test_undo_push_pop_forget_and_the_cache(llm):
 
 
 def test_pending_upload_goes_with_the_next_message(llm):
-    conv = Conversation(llm, None, raw=False)
+    conv = Conversation(llm, "gemma")
     conv.pending.append(("a.txt", "FILE TEXT"))
     turn = conv.prompt("What is it?")
     assert turn.messages[-1]["content"] == "FILE TEXT\n\nWhat is it?"
     ahead = conv.next_prefix()
     assert list(turn.tokens[:len(ahead) - 1]) == ahead.tokens[:-1]     # computed ahead, reused by the turn
-    raw = Conversation(llm, None, raw=True, system="Notes:")
+    raw = Conversation(llm, None, system="Notes:")
     raw.pending.append(("a.txt", "text"))
     assert raw.prompt("").text == "<bos>Notes:\ntext"
 
 
 def test_raw_text_joins_inputs_on_new_lines_or_after_a_stop_string(llm):
-    conv = Conversation(llm, None, raw=True, system="Log:", stops=("User:",))
+    conv = Conversation(llm, None, system="Log:", stops=("User:",))
     fake_reply(conv, llm, conv.prompt("first"), " line")
     fake_reply(conv, llm, conv.prompt("second"), "\nUser:")
     assert conv.prompt("third").text == "<bos>Log:\nfirst line\nsecond\nUser: third"

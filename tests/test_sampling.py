@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from runner.sampling import (SamplingParams, apply_logit_bias, apply_penalties, candidates, log_softmax,
-                             min_p, sample, softmax, top_k, top_p)
+                             min_p, sample, softmax, top_k, top_p, typical)
+
+pytestmark = pytest.mark.fast
 
 # probabilities 0.5, 0.3, 0.15, 0.05 as logits, listed out of order
 PROBS = np.array([0.15, 0.5, 0.05, 0.3])
@@ -32,6 +34,24 @@ def test_min_p_relative_to_the_best(p, kept):
     # thresholds 0.5 * p: 0.1 keeps 0.5, 0.3, 0.15; 0.25 keeps 0.5, 0.3; 0.45 keeps 0.5
     ids, _ = min_p(*top_k(IDS, LOGITS, 0), p)
     assert ids.tolist() == kept
+
+
+# entropy H of 0.5, 0.3, 0.15, 0.05 is 1.142 nats; the surprises -ln p are 0.693, 1.204,
+# 1.897, 2.996, so |surprise - H| ranks the tokens 0.3 (0.062), 0.5 (0.449), 0.15 (0.755),
+# 0.05 (1.854): typical sampling keeps them in that order until their mass reaches p
+@pytest.mark.parametrize("p, kept", [(0.25, [3]), (0.5, [1, 3]), (0.85, [1, 3, 0]), (0.99, [1, 3, 0, 2]),
+                                     (1.0, [1, 3, 0, 2])])
+def test_typical_keeps_the_tokens_closest_to_the_entropy(p, kept):
+    ids, lg = typical(*top_k(IDS, LOGITS, 0), p)
+    assert ids.tolist() == kept                                      # in decreasing-logit order
+    assert lg.tolist() == LOGITS[kept].tolist()
+
+
+def test_typical_in_the_chain_can_drop_the_most_likely_token():
+    params = SamplingParams(temperature=1.0, top_k=0, typical_p=0.25, top_p=1.0, min_p=0.0)
+    assert candidates(LOGITS, params)[0].tolist() == [3]
+    rng = np.random.default_rng(0)
+    assert {sample(LOGITS, params, rng) for _ in range(50)} == {3}
 
 
 def test_repeat_penalty_divides_positive_and_multiplies_negative():

@@ -150,3 +150,20 @@ def test_a_client_leaving_while_queued_is_never_run(one_slot):
     time.sleep(1.0)                                      # longer than the queue's check interval
     assert metric(one_slot, "gemma_runner_completions_total") == runs_before + 1
     assert metric(one_slot, "gemma_runner_requests_deferred") == 0
+
+
+def test_a_non_streaming_client_leaving_frees_its_slot_within_a_second(one_slot):
+    """A client that gives up on a long non-streaming request (its read times out and it
+    closes the connection) stops the generation: the slot is idle within 1 s, the
+    cancellation is counted, and the next request's text is unchanged."""
+    ref = stream_chat(one_slot, PROMPTS[1])
+    cancelled_before = metric(one_slot, "gemma_runner_completions_cancelled_total")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(one_slot + "/completion", timeout=0.5,
+                   json={"prompt": "Once upon a time", "n_predict": 400, "ignore_eos": True, "temperature": 0})
+    t0 = time.monotonic()
+    while any(s["is_processing"] for s in httpx.get(one_slot + "/slots").json()):
+        assert time.monotonic() - t0 < 1.0, "the slot kept generating after its client left"
+        time.sleep(0.02)
+    assert metric(one_slot, "gemma_runner_completions_cancelled_total") == cancelled_before + 1
+    assert stream_chat(one_slot, PROMPTS[1]) == ref

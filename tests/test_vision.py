@@ -69,7 +69,7 @@ def hf_messages(messages):
     return out
 
 
-def compare_prompt(mm, messages, label):
+def compare_prompt(mm, messages, label, chunk=None):
     """Our chat prompt and its logits against transformers' processor and model."""
     inputs = mm.hf_inputs(hf_messages(messages))
     ids, ttype = inputs["input_ids"][0], inputs["token_type_ids"][0]
@@ -81,7 +81,7 @@ def compare_prompt(mm, messages, label):
         mask[im.start:im.start + len(im.embeds)] = True
     assert (mask == (ttype == 1)).all()
     assert (ids[mask] == SOFT).all() and list(ids).count(BOI) == len(prompt.images) == list(ids).count(EOI)
-    ours = mm.llm.logits(prompt)
+    ours = mm.llm.logits(prompt, chunk)
     ref = hf_mm_logits(mm.hf, ids, inputs["pixel_values"], ttype)
     scale = np.abs(ref).max()
     err = np.abs(ours - ref).max()
@@ -142,19 +142,11 @@ def test_several_images_across_turns_and_chunks(mm):
                                          {"type": "text", "text": "compare them"}]},
             {"role": "assistant", "content": "the first is redder."},
             {"role": "user", "content": [{"type": "text", "text": "and this?"}, {"type": "image", "image": c}]}]
-    n_batch = mm.llm.engine.n_batch
-    mm.llm.engine.n_batch = 100
-    try:
-        compare_prompt(mm, msgs, "three images, chunks of 100")
-        # the same prompt through the Jinja path (the official template from a file)
-        mm.llm.chat_template = HF_TEMPLATE
-        jinja = mm.llm.chat_prompt(msgs)
-        mm.llm.chat_template = None
-        assert jinja.tokens == mm.llm.chat_prompt(msgs).tokens
-        assert [im.start for im in jinja.images] == [im.start for im in mm.llm.chat_prompt(msgs).images]
-    finally:
-        mm.llm.engine.n_batch = n_batch
-        mm.llm.chat_template = None
+    compare_prompt(mm, msgs, "three images, chunks of 100", chunk=100)
+    # the same prompt through the Jinja path (the official template from a file)
+    jinja = mm.llm.chat_prompt(msgs, HF_TEMPLATE)
+    assert jinja.tokens == mm.llm.chat_prompt(msgs).tokens
+    assert [im.start for im in jinja.images] == [im.start for im in mm.llm.chat_prompt(msgs).images]
 
 
 def test_later_turn_reuses_the_cache(mm, monkeypatch):
@@ -174,7 +166,7 @@ def test_later_turn_reuses_the_cache(mm, monkeypatch):
                      {"role": "user", "content": [{"type": "text", "text": "again"},
                                                   {"type": "image", "image": img}]}]
     prompt = llm.chat_prompt(turn2)
-    cached = llm.engine.prefill(prompt, stats := runner.Stats())
+    cached = llm.engine.prefill(prompt, stats := runner.Result())
     assert stats.cached_tokens >= n1 - 1 and stats.prompt_tokens - stats.cached_tokens < len(prompt) - n1 + 8
     assert len(calls) == 1                                     # one encode for the image used twice
     llm.engine.reset()
@@ -198,7 +190,7 @@ def test_prefill_never_resumes_inside_an_image(tmp_path):
     im = prompt.images[0]
     fresh = llm.engine.prefill(prompt)
     llm.engine.rewind(len(prompt) - (im.start + 100))          # keep 100 of the image's rows
-    st = runner.Stats()
+    st = runner.Result()
     again = llm.engine.prefill(prompt, st)
     assert st.cached_tokens == im.start
     np.testing.assert_allclose(again, fresh, rtol=0, atol=1e-5 * np.abs(fresh).max())

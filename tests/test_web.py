@@ -125,3 +125,40 @@ def test_markdown_renderer_escapes_html(page):
     assert link == ('<p><a href="https://example.com/?a=1&amp;b=&quot;2" target="_blank" '
                     'rel="noopener noreferrer">docs</a></p>')
     assert '<pre data-lang="js"><code>if (a &lt; b) {}</code></pre>' in html
+
+
+def test_a_chat_longer_than_the_context_drops_its_oldest_exchanges(llm, page):
+    """With -c 256, a conversation three times longer keeps being answered: the page
+    drops the oldest exchanges from what it sends (the system prompt stays), greys them
+    out and says so."""
+    import runner
+    small = runner.load(llm.gguf.path, n_ctx=256)
+    seen = []
+    with serve_in_thread(create_app(small, Options(log=False))) as url:
+        pg = page.context.new_page()                      # another origin: its own storage
+        pg.on("request", lambda r: seen.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") else None)
+        pg.goto(url + "/")
+        pg.wait_for_load_state("networkidle")
+        settings(pg, 0, 16)
+        pg.click("#tab-settings")
+        pg.fill("#system-prompt", "You keep a ship's log.")
+        pg.click("#tab-settings")
+        for i in range(8):
+            pg.fill("#chat-input", f"Entry {i}: " + "the river rose and the village slept. " * 10)
+            pg.press("#chat-input", "Enter")
+            pg.wait_for_function("document.getElementById('chat-status').textContent.includes('tok/s')",
+                                 timeout=120_000)
+        # every entry was sent last in a request, and each was answered (the status shows
+        # the reply's speed); a reply may be empty, and then it is not kept
+        assert {r["messages"][-1]["content"][:8] for r in seen} == {f"Entry {i}:" for i in range(8)}
+        assert "no longer sent" in pg.inner_text("#notice")
+        assert pg.locator("#messages .msg.dropped").count() >= 2
+        kept = pg.locator("#messages .msg.assistant").count()
+        pg.reload()                                         # what is shown is what was kept
+        pg.wait_for_load_state("networkidle")
+        assert pg.locator("#messages .msg.assistant").count() == kept
+        last = seen[-1]["messages"]
+        assert last[0] == {"role": "system", "content": "You keep a ship's log."}
+        assert last[1]["role"] == "user" and not last[1]["content"].startswith("Entry 0:")
+        pg.screenshot(path=str(ARTIFACTS / "web-long-chat.png"))
+        pg.close()

@@ -1,5 +1,7 @@
-"""What the server's endpoints share: options, state, OpenAI-shaped errors, request field
-validation, sampling settings from a request, token pieces, SSE framing.
+"""What the API adapters (openai_api, llama_api, embeddings_api, responses_api,
+anthropic_api) share: options, state, errors, request field validation, a request's
+sampling settings and job, and the one loop that turns a job's events into a response
+(collected, or streamed as server-sent events).
 
 Every value a client sends passes through `Fields`, which names the field, the expected
 type or range and what was found, so that a bad request is a 400 with a useful message
@@ -9,16 +11,25 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import threading
 import time
+import traceback
 import uuid
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, AsyncIterator, Callable
 
-from ..sampling import SamplingParams
-from ..tokenizer import TokenType
-from .slots import Metrics
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from ..chat import ChatError
+from ..engine import ContextError, Prompt
+from ..generation import ModelError, Result, Token
+from ..sampling import OPTIONS, SamplingParams, in_range, range_text
+from .slots import Job, Metrics
 
 MAX_LOGPROBS = 20            # top alternatives a request may ask for (OpenAI's limit)
 MAX_STOP = 16                # stop strings in one request
@@ -52,18 +63,26 @@ class Options:
     port: int = 8080
     api_key: str | None = None
     parallel: int = 1
+    pooling: str | None = None           # embeddings (--pooling); None: the model file's, else mean
     nobrowser: bool = True
     log: bool = True
     sampling: SamplingParams = field(default_factory=SamplingParams)   # a request's defaults
     n_predict: int = -1                  # default token limit (-1: none)
     model_path: str = ""
+    timeout: float = 10.0                # seconds for a request's head; the longest pause in its body
+    keep_alive: float = 5.0              # seconds an idle connection stays open between requests
+    max_connections: int = 512           # then new ones replace the longest idle (limits.py)
+    max_body: int = 100 << 20            # bytes of a request body (a few images as base64)
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback ones (origin.py)
 
     @classmethod
     def from_args(cls, args) -> Options:
         from ..args import sampling_from_args
         return cls(host=args.host, port=args.port, api_key=args.api_key or None, parallel=args.parallel,
+                   pooling=args.pooling,
                    nobrowser=args.nobrowser, log=not args.log_disable, sampling=sampling_from_args(args),
-                   n_predict=args.n_predict, model_path=args.model or "")
+                   n_predict=args.n_predict, model_path=args.model or "", timeout=args.timeout,
+                   allowed_hosts=tuple(n for arg in args.allowed_hosts for n in arg.split(",")))
 
 
 class State:
@@ -107,16 +126,73 @@ class State:
                 self._json_vocab = JSONVocab(self.llm.tokenizer)
             return self._json_vocab
 
+    def finished(self, r: Result) -> None:
+        self.log(f"slot {r.slot}: prompt {r.prompt_tokens} tokens ({r.cached_tokens} cached, "
+                 f"{r.prefill_tok_s:.0f} tok/s), {r.generated_tokens} generated "
+                 f"({r.decode_tok_s:.1f} tok/s), {r.finish_reason}")
+
 
 # -- request fields -------------------------------------------------------------------------
 
+MAX_JSON_DEPTH = 100         # nesting of a request body (a chat request needs about 6)
+
+
+class _BadNumber(ValueError):
+    """A number the request body may not hold."""
+
+
+def _json_float(s: str) -> float:
+    v = float(s)
+    if not math.isfinite(v):                        # 1e400 parses as inf
+        raise _BadNumber(f"the number {s[:40]} is out of range (not a finite 64-bit float)")
+    return v
+
+
+def _json_int(s: str) -> int:
+    # why check the digits first: Python refuses to convert more than 4,300 of them
+    v = int(s) if len(s) <= 21 else None
+    if v is None or not -(1 << 63) <= v < (1 << 64):
+        raise _BadNumber(f"the integer {s[:24]}{'...' if len(s) > 24 else ''} is out of range "
+                         f"({len(s.lstrip('-'))} digits; integers here fit in 64 bits)")
+    return v
+
+
+def _json_constant(s: str) -> Any:
+    raise _BadNumber(f"{s} is not a JSON number")   # NaN, Infinity: Python's extension, not JSON
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in `value` (walked without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = v.values()
+        elif not isinstance(v, list):
+            continue
+        deepest = max(deepest, d)
+        if d <= MAX_JSON_DEPTH:
+            stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return deepest
+
+
 def parse_json(raw: bytes) -> Any:
+    """The request body as JSON, checked up front: numbers that fit 64 bits, nesting up
+    to MAX_JSON_DEPTH (so that no later step meets inf, a 5,000-digit integer or a
+    RecursionError)."""
     if not raw.strip():
         raise bad("the request body is empty: expected a JSON object")
     try:
-        return json.loads(raw)
+        body = json.loads(raw, parse_float=_json_float, parse_int=_json_int, parse_constant=_json_constant)
+    except _BadNumber as e:
+        raise bad(f"the request body is not accepted: {e}") from None
+    except RecursionError:
+        raise bad(f"the request body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise bad(f"the request body is not valid JSON: {e}") from None
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise bad(f"the request body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep")
+    return body
 
 
 def _type_name(v: Any) -> str:
@@ -243,23 +319,20 @@ def _range(lo, hi) -> str:
 
 
 def sampling_params(f: Fields, defaults: SamplingParams, n_vocab: int, server_seed: int | None) -> SamplingParams:
-    """The sampling settings of a request: OpenAI's fields and llama.cpp's extras."""
+    """A request's sampling settings: every declared option (runner.sampling) by its name,
+    in its range; the logit bias and the seed (llama.cpp's -1: random) read specially."""
+    given: dict[str, Any] = {}
+    for name, opt in OPTIONS.items():
+        lo, hi = opt.metadata["lo"], opt.metadata["hi"]
+        if opt.type == "int":
+            given[name] = f.integer(name, getattr(defaults, name), lo, hi)
+        elif opt.type == "float":
+            given[name] = f.number(name, getattr(defaults, name), lo, hi)
+            if not in_range(opt, given[name]):       # an open bound (repeat_penalty > 0)
+                raise bad(f"'{name}' must be {range_text(opt)}, got {given[name]:g}", name)
     seed = f.integer("seed", server_seed)
-    if seed == -1:                       # llama.cpp: -1 is a random seed
-        seed = None
-    return replace(
-        defaults,
-        temperature=f.number("temperature", defaults.temperature, 0.0, 2.0),
-        top_p=f.number("top_p", defaults.top_p, 0.0, 1.0),
-        top_k=f.integer("top_k", defaults.top_k, 0, n_vocab),
-        min_p=f.number("min_p", defaults.min_p, 0.0, 1.0),
-        repeat_penalty=f.number("repeat_penalty", defaults.repeat_penalty, 0.0, 10.0),
-        repeat_last_n=f.integer("repeat_last_n", defaults.repeat_last_n, -1),
-        presence_penalty=f.number("presence_penalty", defaults.presence_penalty, -2.0, 2.0),
-        frequency_penalty=f.number("frequency_penalty", defaults.frequency_penalty, -2.0, 2.0),
-        logit_bias=f.logit_bias(n_vocab),
-        seed=None if seed is None else seed & 0xFFFFFFFFFFFFFFFF,      # numpy wants seed >= 0
-    )
+    given["seed"] = None if seed is None or seed == -1 else seed & 0xFFFFFFFFFFFFFFFF   # numpy wants >= 0
+    return replace(defaults, logit_bias=f.logit_bias(n_vocab), **given)
 
 
 def max_tokens(f: Fields, default: int, *names: str) -> int | None:
@@ -271,6 +344,14 @@ def max_tokens(f: Fields, default: int, *names: str) -> int | None:
     return None if default < 0 else default
 
 
+def sampling_fields(f: Fields, **extra: Any) -> Fields:
+    """A request of another shape (Responses, Anthropic) as the chat-completions fields
+    request_job reads: its sampling options under their own names (temperature, top_p,
+    top_k, and llama.cpp's others), the model, and `extra` (stop, response_format)."""
+    keep = {k: v for k, v in f.body.items() if k in OPTIONS or k in ("seed", "model")}
+    return Fields({**keep, **extra})
+
+
 # -- responses ------------------------------------------------------------------------------
 
 def new_id(prefix: str) -> str:
@@ -279,17 +360,148 @@ def new_id(prefix: str) -> str:
 
 def token_piece(tokenizer, tok: int) -> tuple[str, list[int]]:
     """A token's text and its bytes (a byte token is one raw byte of a UTF-8 character)."""
-    piece = tokenizer.tokens[tok]
-    if int(tokenizer.types[tok]) == TokenType.BYTE and len(piece) == 6 and piece.startswith("<0x"):
-        b = int(piece[3:5], 16)
+    b = tokenizer.byte_of(tok)
+    if b is not None:
         return bytes([b]).decode("utf-8", "replace"), [b]
     text = tokenizer.decode([tok])
     return text, list(text.encode("utf-8"))
+
+
+def finite(x: float) -> float:
+    return x if math.isfinite(x) else -9999.0     # JSON has no -inf; OpenAI's "impossible"
+
+
+def model_id(llm) -> str:
+    """The model's name as an id: "Gemma 3 270m" -> "gemma-3-270m"."""
+    return re.sub(r"[^a-z0-9.]+", "-", llm.name.lower()).strip("-") or "gemma"
 
 
 def sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
+def sse_event(obj: dict) -> bytes:
+    """A named server-sent event (`event: TYPE`), as the Responses and Anthropic APIs
+    send them: the name is the object's own "type"."""
+    return b"event: " + obj["type"].encode() + b"\n" + sse(obj)
+
+
 SSE_DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+# -- a request's prompt and job -------------------------------------------------------------
+
+def check_context(state: State, prompt: Prompt, param: str) -> None:
+    try:
+        state.llm.engine.check_fits(prompt)
+    except ContextError as e:
+        raise bad(f"'{param}': {e}", param, "context_length_exceeded" if len(prompt) else None) from None
+
+
+def completion_prompt(state: State, f: Fields, name: str = "prompt") -> tuple[Prompt, str | None, bool]:
+    """(prompt, its text if given as text, whether BOS was added): a string gets BOS
+    unless it starts with <bos>; token ids are taken as they are. OpenAI's one-element
+    batch forms are accepted too."""
+    llm = state.llm
+    p = f.raw(name)
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
+        p = p[0]
+    if isinstance(p, str):
+        add_bos = not p.startswith(llm.tokenizer.tokens[llm.tokenizer.bos_id])
+        return Prompt(llm.tokenize(p, add_bos=add_bos)), p, add_bos
+    if isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+        return Prompt(f.token_ids(name, p, llm.n_vocab)), None, False
+    if isinstance(p, list) and len(p) > 1:
+        raise bad(f"'{name}': batches of prompts are not supported; send one prompt per request", name)
+    raise bad(f"'{name}' must be a string or an array of token ids", name)
+
+
+async def request_job(state: State, f: Fields, prompt: Prompt, limit: int | None, param: str) -> Job:
+    """The job of a request: its prompt (checked against the context), sampling settings,
+    stop strings and JSON mode."""
+    check_context(state, prompt, param)
+    o, llm = state.options, state.llm
+    if f.integer("n", 1, 1, 1) != 1 or f.integer("best_of", 1, 1, 1) != 1:
+        raise bad("only one choice per request is supported (n = 1)")
+    f.string("model")                               # any model name is accepted: there is one
+    job = Job(prompt=prompt, params=sampling_params(f, o.sampling, llm.n_vocab, o.sampling.seed),
+              max_tokens=limit, stop=f.stop(), ignore_eos=f.boolean("ignore_eos", False),
+              progress=f.boolean("return_progress", False))
+    kind = (f.obj("response_format") or {}).get("type", "text")
+    if kind == "json_object":
+        from .jsonmode import JSONConstraint
+        vocab = await run_in_threadpool(state.json_vocab)
+        job.constraint = lambda: JSONConstraint(vocab)
+    elif kind == "json_schema":
+        raise bad("response_format 'json_schema' is not supported; use {\"type\": \"json_object\"}",
+                  "response_format")
+    elif kind != "text":
+        raise bad(f"response_format type must be 'text' or 'json_object', got {kind!r}", "response_format")
+    return job
+
+
+# -- running a job ----------------------------------------------------------------------------
+
+def job_error(state: State, e: Exception) -> APIError | Exception:
+    """An error raised while generating: a client mistake becomes a 400; anything else is
+    logged with its traceback."""
+    if isinstance(e, (ContextError, ChatError)):
+        return bad(str(e))
+    if isinstance(e, ModelError):                   # the server's model, not the request: one line
+        state.log(f"error during generation: {e}")
+        return APIError(503, str(e), "server_error", code="model_error")
+    if not isinstance(e, APIError):
+        state.log("error during generation:\n" + "".join(traceback.format_exception(e)).rstrip())
+    return e
+
+
+async def collect(state: State, job: Job, request: Request) -> tuple[str, list[Token], Result | None, list | None]:
+    """Run a job to the end (or until the client leaves: then the result is None); its
+    text, tokens, result and prompt log-probabilities (if it scored its prompt)."""
+    text, tokens, result, scored = [], [], None, None
+    async with aclosing(state.pool.run(job, request.is_disconnected)) as events:
+        async for kind, v in events:
+            if kind == "token":
+                text.append(v.text)
+                tokens.append(v)
+            elif kind == "prompt_logprobs":
+                scored = v
+            elif kind == "done":
+                result = v
+                state.finished(v)
+            elif kind == "error":
+                raise job_error(state, v)
+    return "".join(text), tokens, result, scored
+
+
+def error_chunks(e: Exception) -> list[dict]:
+    """An error once a stream began (the status is already sent), as OpenAI's error body."""
+    return [e.body() if isinstance(e, APIError) else
+            error_body("the server failed while generating; see its log", "server_error")]
+
+
+def stream(state: State, job: Job, render: Callable[[str, Any], list[dict]], opening: list[dict] = (),
+           done: bool = True, frame: Callable[[dict], bytes] = sse,
+           error: Callable[[Exception], list[dict]] = error_chunks) -> StreamingResponse:
+    """A job's events as server-sent events: the `opening` chunks, then each event
+    ("progress", "prompt_logprobs", "token", "done") as the chunks the API's `render`
+    makes of it (an error after the stream began becomes the chunks `error` makes of
+    it), then [DONE] if `done`. `frame` writes a chunk (named events: sse_event)."""
+    async def body() -> AsyncIterator[bytes]:
+        for c in opening:
+            yield frame(c)
+        async with aclosing(state.pool.run(job)) as run:
+            async for kind, v in run:
+                if kind == "error":
+                    chunks = error(job_error(state, v))
+                else:
+                    if kind == "done":
+                        state.finished(v)
+                    chunks = render(kind, v)
+                for c in chunks:
+                    yield frame(c)
+        if done:
+            yield SSE_DONE
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)

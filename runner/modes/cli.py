@@ -10,8 +10,8 @@ usage mistake).
 
 The prompt is completed as raw text, as llamafile --cli does, whatever the model (a chat
 model included): the output is `llm.complete(prompt)` for the same settings. Given
---chat-template (or --image), the prompt is instead sent as one user message in that
-chat format, and the output is the model's reply.
+--chat-template, --chat-template-file or --image, the prompt is instead sent as one user
+message in that chat format, and the output is the model's reply.
 """
 from __future__ import annotations
 
@@ -19,28 +19,21 @@ import os
 import sys
 
 from ..args import UserError, die, read_prompt, sampling_from_args, stop_strings
-from ..chat import ChatError, resolve_template
 from ..engine import ContextError, Prompt
-
-FINISH = {"stop": "the end of the text or a stop string", "length": "the -n limit", "context": "the full context"}
+from ..generation import ModelError
 
 
 def build_prompt(llm, args, text: str) -> tuple[Prompt, str]:
     """The model's input for `text` and what to show of it: raw text, or one user message
     in the chat format when --chat-template or --image asks for one."""
-    if not (args.chat_template or args.image):
+    if not (args.chat_template or args.chat_template_file or args.image):
         return llm.prompt_of(text), text
-    if args.chat_template:
-        try:
-            llm.chat_template = resolve_template(args.chat_template, None)[0]
-        except ChatError as e:
-            raise UserError(f"--chat-template: {e}", 2) from None
     content = text
     if args.image:
         content = [{"type": "image", "image": path} for path in args.image] + [{"type": "text", "text": text}]
     try:
         return llm.chat_prompt([{"role": "user", "content": content}]), text + "\n"
-    except ValueError as e:                       # ChatError, or images this model cannot read
+    except ValueError as e:                       # a template error, or images this model cannot read
         raise UserError(str(e)) from None
 
 
@@ -87,7 +80,7 @@ def run(llm, args) -> int:
             out.write(shown)
         for tok in tokens:
             out.write(tok.text)
-    except ContextError as e:
+    except (ContextError, ModelError) as e:      # a prompt too long; a model computing NaN
         return die(str(e))
     except KeyboardInterrupt:
         if out.last != "\n":
@@ -103,7 +96,8 @@ def run(llm, args) -> int:
         s = llm.stats
         log(f"prompt {s.prompt_tokens} tokens ({s.cached_tokens} cached), {s.prefill_s:.2f} s, "
             f"{s.prefill_tok_s:.1f} tok/s | generated {s.generated_tokens} tokens, {s.decode_s:.2f} s, "
-            f"{s.decode_tok_s:.1f} tok/s | ended by {FINISH.get(s.finish_reason, s.finish_reason)}")
+            f"{s.decode_tok_s:.1f} tok/s | ended by {s.stop.words}"
+            + (f" ({s.shifts} context shift{'s' * (s.shifts > 1)})" if s.shifts else ""))
     return 0
 
 

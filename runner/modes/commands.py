@@ -104,10 +104,10 @@ def _stats(repl, arg):
     if repl.last is None:
         repl.screen.note("no reply yet")
         return
-    s, ended = repl.last
+    s = repl.last
     computed = s.prompt_tokens - s.cached_tokens
-    guesses = (f"  guesses    {s.draft_accepted} of {s.draft_tokens} right (greedy drafting, --draft-max)\n"
-               if s.draft_tokens else "")
+    guesses = (f"  guesses    {s.draft_accepted} of {s.draft_n} right (greedy drafting, --draft-max)\n"
+               if s.draft_n else "")
     repl.screen.line(
         f"last reply\n"
         f"  prompt     {s.prompt_tokens} tokens: {s.cached_tokens} reused from the cache, {computed} computed\n"
@@ -115,7 +115,7 @@ def _stats(repl, arg):
         f"  generated  {s.generated_tokens} tokens\n"
         f"  decode     {s.decode_s:.2f} s ({s.decode_tok_s:.1f} tok/s)\n"
         f"{guesses}"
-        f"  ended by   {ended}\n"
+        f"  ended by   {s.stop.words}\n"
         f"session: {repl.replies} repl{'ies' if repl.replies != 1 else 'y'}, {repl.generated} tokens generated; "
         f"model loaded in {repl.llm.load_s:.1f} s")
 

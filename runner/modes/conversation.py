@@ -26,7 +26,8 @@ import re
 from dataclasses import dataclass
 
 from ..chat import ChatError, ImageRef, render
-from ..engine import Engine, ImageSlot, Prompt, Stats, common_prefix
+from ..engine import Engine, common_prefix
+from ..generation import ImageSlot, Prompt, Result
 
 MARK_OPEN, MARK_CLOSE = "\ue000", "\ue001"       # private-use characters: never in typed text
 _MARK = re.compile("\ue000(\\d+)\ue001")
@@ -81,8 +82,9 @@ def join(left: str, right: str, sep: str) -> str:
 
 
 class Conversation:
-    def __init__(self, llm, template: str | None, raw: bool, system: str | None = None, stops=()):
-        self.llm, self.template, self.raw = llm, template, raw
+    def __init__(self, llm, template: str | None, system: str | None = None, stops=()):
+        """`template`: "gemma" or a Jinja chat template; None: raw completion."""
+        self.llm, self.template, self.raw = llm, template, template is None
         self.stops = tuple(stops)               # raw mode: the -r strings replies stop at
         tok = llm.tokenizer
         self.bos_id = tok.bos_id
@@ -259,7 +261,7 @@ class Conversation:
 
 def sync_cache(engine: Engine, prompt: Prompt) -> None:
     """Rewind the cache to what it shares with `prompt` (the conversation went back)."""
-    engine.rewind(len(engine.keys) - common_prefix(engine.keys, prompt.keys()))
+    engine.rewind(len(engine.ids) - common_prefix(engine.ids, prompt.ids()))
 
 
 def warm_cache(engine: Engine, prompt: Prompt) -> int:
@@ -267,6 +269,6 @@ def warm_cache(engine: Engine, prompt: Prompt) -> int:
     computed. Skips a prefix that does not fit (the turn then says so)."""
     if not len(prompt) or len(prompt) >= engine.n_ctx:
         return 0
-    st = Stats()
+    st = Result()
     engine.prefill(prompt, st, logits=False)                # only what the cache lacks
     return st.prompt_tokens - st.cached_tokens

@@ -14,8 +14,9 @@ Checking 262k tokens a step in Python would cost a second, so a step does little
 2. The surviving candidates are visited in decreasing logit order (a partial sort that
    widens 64 -> 1024 -> 16384 -> all only when too few are valid), each checked with the
    automaton (plain string content without the automaton), until top-k valid ones are
-   found (one when greedy; UNLIMITED_TOP_K when top-k is off).
-3. top-p, min-p and temperature then act on those, as in `runner.sampling`.
+   found (one when greedy; sampling.UNLIMITED_TOP_K when top-k is off).
+3. the rest of `runner.sampling`'s chain (typical, top-p, min-p, temperature) then acts
+   on those.
 
 Markup and image tokens (`<b>`, `<start_of_image>`) and control tokens are never
 generated in JSON mode. Whitespace between tokens is one newline and an indent at most
@@ -27,12 +28,10 @@ import re
 
 import numpy as np
 
-from ..sampling import SamplingParams, adjust, min_p, softmax, top_p
 from ..tokenizer import SPACE, TokenType
 
 MAX_WS = 20                 # spaces or tabs allowed in a run of whitespace (an indent)
 NEWLINE = 32                # flag in a state's whitespace count: the run holds its newline
-UNLIMITED_TOP_K = 256       # valid candidates gathered when top_k is off
 WS = " \t\n\r"              # JSON whitespace (\r is refused: a newline is "\n")
 DIGITS = "0123456789"
 HEX = "0123456789abcdefABCDEF"
@@ -227,7 +226,9 @@ class JSONVocab:
             keep[i] = bool(texts[i]) and not texts[i].strip(WS)    # runs of newlines, spaces, tabs
         high = np.zeros(len(texts), dtype=bool)
         for i in np.flatnonzero(types == TokenType.BYTE).tolist():
-            b = int(texts[i][3:5], 16)
+            b = tokenizer.byte_of(i)
+            if b is None:
+                continue
             # a byte >= 0x80 is part of a UTF-8 character: string content only
             texts[i], high[i], keep[i] = (chr(b) if b < 0x80 else "\x80"), b >= 0x80, True
         keep &= np.fromiter(map(bool, texts), dtype=bool, count=len(texts))
@@ -270,37 +271,24 @@ def _best_valid(vocab: JSONVocab, state: tuple, logits: np.ndarray, want: int) -
     return found
 
 
-def sample_json(vocab: JSONVocab, state: tuple, logits: np.ndarray, params: SamplingParams,
-                rng: np.random.Generator, recent: list[int]) -> tuple[int, tuple] | None:
-    """A token valid in `state` and the state after it, drawn under `params` from the
-    valid tokens only; None if no token is valid."""
-    logits = adjust(logits, params, recent)
-    want = 1 if params.greedy else params.top_k if params.top_k > 0 else UNLIMITED_TOP_K
-    found = _best_valid(vocab, state, logits, want)
-    if not found or params.greedy:
-        return found[0] if found else None
-    ids = np.array([t for t, _ in found])
-    cid, cl = top_p(ids, logits[ids], params.top_p)
-    cid, cl = min_p(cid, cl, params.min_p)
-    pick = int(cid[rng.choice(len(cid), p=softmax(cl / params.temperature))])
-    return next(f for f in found if f[0] == pick)
-
-
 class JSONConstraint:
-    """One JSON object as an `Engine.generate` constraint: each step samples among the
-    tokens valid in the automaton's state and advances it; done when the object closes."""
+    """One JSON object as a sampling constraint (sampling.Constraint): the candidates are
+    the tokens valid in the automaton's state, best first; done when the object closes."""
 
     def __init__(self, vocab: JSONVocab):
         self.vocab = vocab
         self.state = START
+        self._next: dict[int, tuple] = {}          # the candidates' next states
 
-    def choose(self, logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
-               history: list[int]) -> int | None:
-        pick = sample_json(self.vocab, self.state, logits, params, rng, history)
-        if pick is None:                          # every valid token is banned (logit_bias)
-            return None
-        tok, self.state = pick
-        return tok
+    def candidates(self, logits: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
+        found = _best_valid(self.vocab, self.state, logits, want)
+        self._next = dict(found)
+        ids = np.array([t for t, _ in found], dtype=np.int64)
+        return ids, logits[ids]
+
+    def advance(self, tok: int) -> None:
+        nxt = self._next.get(tok)
+        self.state = nxt if nxt is not None else self.vocab.next_state(self.state, tok)
 
     @property
     def done(self) -> bool:

@@ -2,18 +2,17 @@
 /slots. Shapes follow llama.cpp's server so that its clients (and llamafile's) work."""
 from __future__ import annotations
 
-from contextlib import aclosing
-from typing import AsyncIterator
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from .. import __version__
-from .api_common import MAX_LOGPROBS, SSE_HEADERS, Fields, State, bad, max_tokens, parse_json, sse, token_piece
-from .openai_api import (check_context, collect, common_job_fields, completion_prompt, finite, job_error,
-                         json_mode, model_id, stream_error)
-from .slots import Result
+from ..generation import Result
+from ..sampling import OPTIONS
+from .api_common import (MAX_LOGPROBS, Fields, State, bad, collect, completion_prompt, finite, max_tokens,
+                         model_id, parse_json, request_job, stream, token_piece)
 
 
 def probs_entry(tokenizer, tok: int, lp: float, top) -> dict:
@@ -25,38 +24,33 @@ def probs_entry(tokenizer, tok: int, lp: float, top) -> dict:
 
 
 def settings(state: State) -> dict:
+    """The server's default generation settings: every declared sampling option."""
     p = state.options.sampling
-    return {"n_ctx": state.llm.n_ctx, "n_predict": state.options.n_predict, "model": model_id(state.llm),
-            "temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p, "min_p": p.min_p,
-            "repeat_penalty": p.repeat_penalty, "repeat_last_n": p.repeat_last_n,
-            "presence_penalty": p.presence_penalty, "frequency_penalty": p.frequency_penalty,
-            "seed": -1 if p.seed is None else p.seed}
+    out = {"n_ctx": state.llm.n_ctx, "n_predict": state.options.n_predict, "model": model_id(state.llm)}
+    out.update({name: getattr(p, name) for name, opt in OPTIONS.items() if opt.type in ("int", "float")})
+    return {**out, "seed": -1 if p.seed is None else p.seed}
 
 
 async def completion(state: State, request: Request) -> Response:
     f = Fields(parse_json(await request.body()))
     llm = state.llm
     prompt, _, _ = await run_in_threadpool(completion_prompt, state, f)
-    check_context(state, prompt, "prompt")
-    limit = max_tokens(f, state.options.n_predict, "n_predict", "max_tokens")
-    job = common_job_fields(state, f, prompt, limit)
+    job = await request_job(state, f, prompt, max_tokens(f, state.options.n_predict, "n_predict", "max_tokens"),
+                            "prompt")
     n_probs = f.integer("n_probs", 0, 0, MAX_LOGPROBS)
     job.logprobs = n_probs if n_probs > 0 else None
-    await json_mode(state, f, job)
-    stream = f.boolean("stream", False)
     model = model_id(llm)
 
     def final(content: str, r: Result) -> dict:
         return {"content": content, "id_slot": r.slot, "stop": True, "model": model,
                 "tokens_predicted": r.generated_tokens, "tokens_evaluated": r.prompt_tokens,
                 "tokens_cached": r.cached_tokens, "generation_settings": settings(state),
-                "stop_type": {"eos": "eos", "constraint": "eos", "word": "word"}.get(r.stop_type, "limit"),
-                "stopping_word": r.stopping_word, "stopped_eos": r.stop_type in ("eos", "constraint"),
-                "stopped_word": r.stop_type == "word", "stopped_limit": r.finish_reason == "length",
-                "truncated": False, "timings": r.timings()}
+                "stop_type": r.stop.stop_type, "stopping_word": r.stopping_word,
+                "stopped_eos": r.stop.stop_type == "eos", "stopped_word": r.stop.stop_type == "word",
+                "stopped_limit": r.stop.stop_type == "limit", "truncated": r.truncated, "timings": r.timings()}
 
-    if not stream:
-        text, tokens, r = await collect(state, job, request)
+    if not f.boolean("stream", False):
+        text, tokens, r, _ = await collect(state, job, request)
         if r is None:
             return Response(status_code=204)
         out = final(text, r)
@@ -66,23 +60,17 @@ async def completion(state: State, request: Request) -> Response:
                                                for t in tokens if t.id >= 0]
         return JSONResponse(out)
 
-    async def events() -> AsyncIterator[bytes]:
-        async with aclosing(state.pool.run(job)) as run:
-            async for kind, v in run:
-                if kind == "progress":
-                    yield sse({"content": "", "stop": False, "prompt_progress": v})
-                elif kind == "token":
-                    out = {"content": v.text, "stop": False, "tokens": [v.id] if v.id >= 0 else []}
-                    if job.logprobs and v.id >= 0:
-                        out["completion_probabilities"] = [probs_entry(llm.tokenizer, v.id, v.logprob,
-                                                                       v.top_logprobs)]
-                    yield sse(out)
-                elif kind == "done":
-                    yield sse(final("", v))
-                else:
-                    yield sse(stream_error(state, job_error(v)))
+    def render(kind: str, v: Any) -> list[dict]:
+        if kind == "progress":
+            return [{"content": "", "stop": False, "prompt_progress": v}]
+        if kind == "token":
+            out = {"content": v.text, "stop": False, "tokens": [v.id] if v.id >= 0 else []}
+            if job.logprobs and v.id >= 0:
+                out["completion_probabilities"] = [probs_entry(llm.tokenizer, v.id, v.logprob, v.top_logprobs)]
+            return [out]
+        return [final("", v)] if kind == "done" else []
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return stream(state, job, render, done=False)
 
 
 async def tokenize(state: State, request: Request) -> Response:
@@ -109,12 +97,12 @@ def props(state: State) -> dict:
     return {"default_generation_settings": settings(state), "total_slots": len(state.pool.slots),
             "model": model_id(llm), "model_name": llm.name, "model_path": state.options.model_path,
             "n_ctx": llm.n_ctx, "n_vocab": llm.n_vocab,
-            "chat_template": llm.chat_template or "gemma (built in)",
+            "chat_template": llm.chat_format.template or "gemma (built in)",
             "has_chat_template": bool(llm.has_chat_template),
             "modalities": {"vision": bool(getattr(llm, "has_vision", False))},
             "build_info": f"gemma-runner {__version__}", "api_key_required": bool(state.options.api_key)}
 
 
 def slots(state: State) -> list[dict]:
-    return [{"id": s.id, "is_processing": s.busy, "n_ctx": s.engine.n_ctx, "n_cached": len(s.engine.keys)}
+    return [{"id": s.id, "is_processing": s.busy, "n_ctx": s.engine.n_ctx, "n_cached": len(s.engine.ids)}
             for s in state.pool.slots]

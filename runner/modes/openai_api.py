@@ -1,4 +1,5 @@
-"""OpenAI's /v1/chat/completions and /v1/completions over the slots.
+"""OpenAI's /v1/chat/completions and /v1/completions: requests to jobs, events to OpenAI's
+shapes.
 
 A request is validated completely (fields, messages, prompt length) before anything is
 generated, so every client mistake is a 400 with OpenAI's error body; only then does a
@@ -7,33 +8,20 @@ stream start. Responses follow OpenAI's shapes, with llama.cpp's `timings` added
 """
 from __future__ import annotations
 
-import math
-import re
 import time
-import traceback
-from contextlib import aclosing
-from typing import Any, AsyncIterator
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from ..chat import ChatError
-from ..engine import ContextError, Prompt, Token
-from .api_common import (MAX_LOGPROBS, SSE_DONE, SSE_HEADERS, APIError, Fields, State, bad, error_body,
-                         max_tokens, new_id, parse_json, sampling_params, sse, token_piece)
-from .slots import Job, Result
+from ..engine import Prompt
+from ..generation import Result, Token
+from .api_common import (MAX_LOGPROBS, Fields, State, bad, collect, completion_prompt, finite, max_tokens,
+                         model_id, new_id, parse_json, request_job, stream, token_piece)
 
 FINGERPRINT = "gemma-runner"
-
-
-def model_id(llm) -> str:
-    """The model's name as an id: "Gemma 3 270m" -> "gemma-3-270m"."""
-    return re.sub(r"[^a-z0-9.]+", "-", llm.name.lower()).strip("-") or "gemma"
-
-
-def finite(x: float) -> float:
-    return x if math.isfinite(x) else -9999.0     # JSON has no -inf; OpenAI's "impossible"
 
 
 def usage(r: Result) -> dict:
@@ -42,58 +30,13 @@ def usage(r: Result) -> dict:
             "prompt_tokens_details": {"cached_tokens": r.cached_tokens}}
 
 
-def check_context(state: State, prompt: Prompt, param: str) -> None:
-    n, n_ctx = len(prompt), state.llm.n_ctx
-    if n == 0:
-        raise bad(f"'{param}' is empty", param)
-    if n >= n_ctx:
-        raise APIError(400, f"the prompt has {n} tokens but the context holds {n_ctx} (and needs room "
-                            f"to generate): shorten it, or start the server with a larger --ctx-size",
-                       param=param, code="context_length_exceeded")
+def head(state: State, kind: str, prefix: str) -> dict:
+    return {"id": new_id(prefix), "object": kind, "created": int(time.time()), "model": model_id(state.llm),
+            "system_fingerprint": FINGERPRINT}
 
 
-def job_error(e: Exception) -> Exception:
-    """An error raised while generating: a client mistake becomes a 400."""
-    if isinstance(e, (ContextError, ChatError)):
-        return bad(str(e))
-    return e
-
-
-async def collect(state: State, job: Job, request: Request) -> tuple[str, list[Token], Result | None]:
-    """Run a job to the end (or until the client leaves); its text, tokens and result."""
-    text, tokens, result = [], [], None
-    async with aclosing(state.pool.run(job, request.is_disconnected)) as events:
-        async for kind, v in events:
-            if kind == "token":
-                text.append(v.text)
-                tokens.append(v)
-            elif kind == "done":
-                result = v
-            elif kind == "error":
-                raise job_error(v)
-    return "".join(text), tokens, result
-
-
-def common_job_fields(state: State, f: Fields, prompt: Prompt, limit: int | None) -> Job:
-    o, llm = state.options, state.llm
-    if f.integer("n", 1, 1, 1) != 1 or f.integer("best_of", 1, 1, 1) != 1:
-        raise bad("only one choice per request is supported (n = 1)")
-    f.string("model")                               # any model name is accepted: there is one
-    return Job(prompt=prompt, params=sampling_params(f, o.sampling, llm.n_vocab, o.sampling.seed),
-               max_tokens=limit, stop=f.stop(), ignore_eos=f.boolean("ignore_eos", False),
-               progress=f.boolean("return_progress", False))
-
-
-async def json_mode(state: State, f: Fields, job: Job) -> None:
-    rf = f.obj("response_format")
-    kind = (rf or {}).get("type", "text")
-    if kind == "json_object":
-        job.json_vocab = await run_in_threadpool(state.json_vocab)
-    elif kind == "json_schema":
-        raise bad("response_format 'json_schema' is not supported; use {\"type\": \"json_object\"}",
-                  "response_format")
-    elif kind != "text":
-        raise bad(f"response_format type must be 'text' or 'json_object', got {kind!r}", "response_format")
+def include_usage(f: Fields) -> bool:
+    return f.boolean("stream", False) and (f.obj("stream_options") or {}).get("include_usage") is True
 
 
 # -- /v1/chat/completions -------------------------------------------------------------------
@@ -115,9 +58,6 @@ async def chat_completions(state: State, request: Request) -> Response:
         raise bad("'messages' must be a non-empty array of messages", "messages")
     if f.raw("tools"):
         raise bad("tools (function calling) are not supported by this server", "tools")
-    stream = f.boolean("stream", False)
-    opts = f.obj("stream_options") or {}
-    include_usage = stream and opts.get("include_usage") is True
     want_lp = f.boolean("logprobs", False)
     top_n = f.integer("top_logprobs", 0, 0, MAX_LOGPROBS)
     limit = max_tokens(f, state.options.n_predict, "max_completion_tokens", "max_tokens")
@@ -125,79 +65,42 @@ async def chat_completions(state: State, request: Request) -> Response:
         prompt = await run_in_threadpool(state.chat_prompt, messages)
     except (ChatError, ValueError, TypeError) as e:
         raise bad(f"messages: {e}", "messages") from None
-    check_context(state, prompt, "messages")
-    job = common_job_fields(state, f, prompt, limit)
+    job = await request_job(state, f, prompt, limit, "messages")
     job.logprobs = top_n if want_lp else None
-    await json_mode(state, f, job)
 
-    cid, created, model = new_id("chatcmpl"), int(time.time()), model_id(llm)
-    head = {"id": cid, "object": "chat.completion", "created": created, "model": model,
-            "system_fingerprint": FINGERPRINT}
-    if not stream:
-        text, tokens, r = await collect(state, job, request)
+    def logprobs(tokens: list[Token]) -> dict | None:
+        return {"content": [chat_logprob(llm.tokenizer, t) for t in tokens if t.id >= 0]} if want_lp else None
+
+    if not f.boolean("stream", False):
+        text, tokens, r, _ = await collect(state, job, request)
         if r is None:
             return Response(status_code=204)        # the client left
-        lp = {"content": [chat_logprob(llm.tokenizer, t) for t in tokens if t.id >= 0]} if want_lp else None
-        return JSONResponse({**head, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                                  "logprobs": lp, "finish_reason": r.finish_reason}],
+        return JSONResponse({**head(state, "chat.completion", "chatcmpl"),
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                          "logprobs": logprobs(tokens), "finish_reason": r.finish_reason}],
                              "usage": usage(r), "timings": r.timings()})
 
-    head["object"] = "chat.completion.chunk"
+    h, with_usage = head(state, "chat.completion.chunk", "chatcmpl"), include_usage(f)
 
-    def chunk(delta: dict, finish: str | None = None, logprobs: Any = None) -> dict:
-        c = {**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
-        if include_usage:
-            c["usage"] = None
-        return c
+    def chunk(delta: dict, finish: str | None = None, lp: Any = None) -> dict:
+        c = {**h, "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
+        return {**c, "usage": None} if with_usage else c
 
-    async def events() -> AsyncIterator[bytes]:
-        yield sse(chunk({"role": "assistant", "content": ""}))
-        async with aclosing(state.pool.run(job)) as run:
-            async for kind, v in run:
-                if kind == "progress":
-                    yield sse({**head, "choices": [], "prompt_progress": v})
-                elif kind == "token":
-                    lp = {"content": [chat_logprob(llm.tokenizer, v)]} if want_lp and v.id >= 0 else None
-                    if v.text or lp:
-                        yield sse(chunk({"content": v.text}, logprobs=lp))
-                elif kind == "done":
-                    yield sse({**chunk({}, v.finish_reason), "timings": v.timings()})
-                    if include_usage:
-                        yield sse({**head, "choices": [], "usage": usage(v)})
-                else:
-                    yield sse(stream_error(state, job_error(v)))
-        yield SSE_DONE
+    def render(kind: str, v: Any) -> list[dict]:
+        if kind == "progress":
+            return [{**h, "choices": [], "prompt_progress": v}]
+        if kind == "token":
+            lp = logprobs([v]) if v.id >= 0 else None
+            return [chunk({"content": v.text}, lp=lp)] if v.text or lp else []
+        if kind == "done":
+            return [{**chunk({}, v.finish_reason), "timings": v.timings()}] + \
+                ([{**h, "choices": [], "usage": usage(v)}] if with_usage else [])
+        return []
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
-
-
-def stream_error(state: State, e: Exception) -> dict:
-    """An error after the stream began: an error event (the status is already sent)."""
-    if isinstance(e, APIError):
-        return e.body()
-    state.log("error during generation:\n" + "".join(traceback.format_exception(e)).rstrip())
-    return error_body("the server failed while generating; see its log", "server_error")
+    return stream(state, job, render, opening=[chunk({"role": "assistant", "content": ""})])
 
 
 # -- /v1/completions ------------------------------------------------------------------------
-
-def completion_prompt(state: State, f: Fields, name: str = "prompt") -> tuple[Prompt, str | None, bool]:
-    """(prompt, its text if given as text, whether BOS was added): a string gets BOS
-    unless it starts with <bos>; token ids are taken as they are. OpenAI's one-element
-    batch forms are accepted too."""
-    llm = state.llm
-    p = f.raw(name)
-    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
-        p = p[0]
-    if isinstance(p, str):
-        add_bos = not p.startswith(llm.tokenizer.tokens[llm.tokenizer.bos_id])
-        return Prompt(llm.tokenize(p, add_bos=add_bos)), p, add_bos
-    if isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
-        return Prompt(f.token_ids(name, p, llm.n_vocab)), None, False
-    if isinstance(p, list) and len(p) > 1:
-        raise bad(f"'{name}': batches of prompts are not supported; send one prompt per request", name)
-    raise bad(f"'{name}' must be a string or an array of token ids", name)
-
 
 class LegacyLogprobs:
     """OpenAI's completions logprobs: tokens, token_logprobs, top_logprobs, text_offset."""
@@ -217,84 +120,70 @@ class LegacyLogprobs:
         d["text_offset"].append(self.offset)
         self.offset += len(text)
 
+    def add_prompt(self, prompt: Prompt, scores: list | None, skip: int) -> None:
+        """The echoed prompt's tokens (after the `skip` we added) with their scores."""
+        for tok, entry in list(zip(prompt.tokens, scores or ()))[skip:]:
+            lp, top = entry if entry is not None else (None, None)
+            self.add(tok, lp, top)
+
     def take(self) -> dict:
         out = self.data
         self.data = {k: [] for k in out}
         return out
 
 
-def add_prompt_logprobs(lps: LegacyLogprobs, prompt: Prompt, scores: list | None, skip: int) -> None:
-    """The echoed prompt's tokens (after the `skip` we added) with their scores."""
-    for tok, entry in list(zip(prompt.tokens, scores or ()))[skip:]:
-        lp, top = entry if entry is not None else (None, None)
-        lps.add(tok, lp, top)
-
-
 async def completions(state: State, request: Request) -> Response:
     f = Fields(parse_json(await request.body()))
     llm = state.llm
     prompt, text, added_bos = await run_in_threadpool(completion_prompt, state, f)
-    check_context(state, prompt, "prompt")
     if f.string("suffix"):
         raise bad("'suffix' (fill in the middle) is not supported", "suffix")
-    stream = f.boolean("stream", False)
-    include_usage = stream and (f.obj("stream_options") or {}).get("include_usage") is True
     echo = f.boolean("echo", False)
     n_lp = f.integer("logprobs", None, 0, MAX_LOGPROBS)
-    job = common_job_fields(state, f, prompt, max_tokens(f, state.options.n_predict, "max_tokens"))
+    job = await request_job(state, f, prompt, max_tokens(f, state.options.n_predict, "max_tokens"), "prompt")
     job.logprobs = n_lp
     if echo and n_lp is not None:
         job.prompt_logprobs = n_lp
-    await json_mode(state, f, job)
     prompt_text = "" if not echo else text if text is not None else llm.detokenize(prompt.tokens)
-    head = {"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()),
-            "model": model_id(llm), "system_fingerprint": FINGERPRINT}
+    lps = LegacyLogprobs(llm.tokenizer)
 
-    if not stream:
-        text, tokens, r = await collect(state, job, request)
+    if not f.boolean("stream", False):
+        text, tokens, r, scored = await collect(state, job, request)
         if r is None:
             return Response(status_code=204)
         lp = None
         if n_lp is not None:
-            lps = LegacyLogprobs(llm.tokenizer)
             if echo:
-                add_prompt_logprobs(lps, prompt, r.prompt_logprobs, added_bos)
+                lps.add_prompt(prompt, scored, added_bos)
             for t in tokens:
                 if t.id >= 0:
                     lps.add(t.id, t.logprob, t.top_logprobs)
             lp = lps.take()
-        return JSONResponse({**head, "choices": [{"text": prompt_text + text, "index": 0, "logprobs": lp,
-                                                  "finish_reason": r.finish_reason}],
+        return JSONResponse({**head(state, "text_completion", "cmpl"),
+                             "choices": [{"text": prompt_text + text, "index": 0, "logprobs": lp,
+                                          "finish_reason": r.finish_reason}],
                              "usage": usage(r), "timings": r.timings()})
 
+    h, with_usage = head(state, "text_completion", "cmpl"), include_usage(f)
+
     def chunk(text: str, logprobs=None, finish=None) -> dict:
-        c = {**head, "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}]}
-        if include_usage:
-            c["usage"] = None
-        return c
+        c = {**h, "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}]}
+        return {**c, "usage": None} if with_usage else c
 
-    async def events() -> AsyncIterator[bytes]:
-        lps = LegacyLogprobs(llm.tokenizer)
-        if echo and job.prompt_logprobs is None:
-            yield sse(chunk(prompt_text))
-        async with aclosing(state.pool.run(job)) as run:
-            async for kind, v in run:
-                if kind == "progress":
-                    yield sse({**head, "choices": [], "prompt_progress": v})
-                elif kind == "prompt_logprobs":           # echo with logprobs: the prompt first
-                    add_prompt_logprobs(lps, prompt, v, added_bos)
-                    yield sse(chunk(prompt_text, lps.take()))
-                elif kind == "token":
-                    if n_lp is not None and v.id >= 0:
-                        lps.add(v.id, v.logprob, v.top_logprobs)
-                    if v.text or n_lp is not None:
-                        yield sse(chunk(v.text, lps.take() if n_lp is not None else None))
-                elif kind == "done":
-                    yield sse({**chunk("", None, v.finish_reason), "timings": v.timings()})
-                    if include_usage:
-                        yield sse({**head, "choices": [], "usage": usage(v)})
-                else:
-                    yield sse(stream_error(state, job_error(v)))
-        yield SSE_DONE
+    def render(kind: str, v: Any) -> list[dict]:
+        if kind == "progress":
+            return [{**h, "choices": [], "prompt_progress": v}]
+        if kind == "prompt_logprobs":                   # echo with logprobs: the prompt first
+            lps.add_prompt(prompt, v, added_bos)
+            return [chunk(prompt_text, lps.take())]
+        if kind == "token":
+            if n_lp is not None and v.id >= 0:
+                lps.add(v.id, v.logprob, v.top_logprobs)
+            return [chunk(v.text, lps.take() if n_lp is not None else None)] if v.text or n_lp is not None else []
+        if kind == "done":
+            return [{**chunk("", None, v.finish_reason), "timings": v.timings()}] + \
+                ([{**h, "choices": [], "usage": usage(v)}] if with_usage else [])
+        return []
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    opening = [chunk(prompt_text)] if echo and job.prompt_logprobs is None else []
+    return stream(state, job, render, opening)

@@ -22,17 +22,16 @@ import sys
 
 from .. import __version__
 from ..args import PROG, UserError, die, read_prompt, sampling_from_args, stop_strings
-from ..chat import ChatError, resolve_template
-from ..engine import ContextError, Stats
+from ..chat import ChatError
+from ..engine import ContextError
+from ..generation import ModelError, Result, Stop
 from . import commands
 from .conversation import Conversation, sync_cache, warm_cache
 from .terminal import PlainReader, TerminalReader, unquote
 from .upload import upload
 
 RAW_REPLY_TOKENS = 256          # a base model rarely ends its text: it writes a page at a time
-
-ENDED = {"stop": "the end of the reply (end of turn/text, or a -r stop string)",
-         "length": "the length limit", "context": "the full context", "interrupted": "Ctrl-C"}
+REPLY_ROOM = 256                # tokens a turn keeps free for the reply (at most a quarter of -c)
 
 
 class Screen:
@@ -68,20 +67,6 @@ class Screen:
         print(self._paint("31", text), file=sys.stderr, flush=True)
 
 
-def chat_format(llm, args) -> tuple[str | None, bool, str]:
-    """(template, raw mode, how to describe it): --chat-template, else the model file's
-    template, else raw completion."""
-    try:
-        template, how, warning = resolve_template(args.chat_template, llm.gguf.get("tokenizer.chat_template"))
-    except ChatError as e:
-        raise UserError(f"--chat-template: {e}", 2) from None
-    if warning and not args.log_disable:
-        print(f"{PROG}: {warning}", file=sys.stderr)
-    if template is None:
-        return None, True, "raw completion mode"
-    return template, False, how
-
-
 class Repl:
     def __init__(self, llm, args, conv: Conversation, screen: Screen):
         self.llm, self.args, self.conv, self.screen = llm, args, conv, screen
@@ -90,7 +75,7 @@ class Repl:
         self.stops = stop_strings(args)
         n = args.n_predict
         self.limit = n if n >= 0 else (RAW_REPLY_TOKENS if conv.raw else None)
-        self.last = None                        # (Stats, what ended it) of the last reply
+        self.last: Result | None = None         # of the last reply
         self.replies = self.generated = 0
 
     def banner(self, fmt: str) -> None:
@@ -148,12 +133,12 @@ class Repl:
 
     def turn(self, text: str) -> None:
         try:
-            turn = self.conv.prompt(text)
+            turn = self.make_room(self.conv.prompt(text), text)
         except ChatError as e:
             self.screen.error(str(e))
             return
-        ids, pieces, ended = [], [], None
-        gen, stats = None, Stats()
+        ids, pieces, interrupted = [], [], False
+        gen = None
         try:
             # with -n 0 the model reads the message and says nothing
             gen = self.engine.generate(turn.prompt(), self.params, max_tokens=self.limit,
@@ -164,34 +149,56 @@ class Repl:
                 pieces.append(tok.text)
                 self.screen.write(tok.text)
         except KeyboardInterrupt:
-            ended = "interrupted"
+            interrupted = True
         except ContextError:
             self.screen.error(self._full(f"this message needs {len(turn.tokens)} tokens and the "
                                          f"context holds {self.llm.n_ctx}"))
             return
+        except ModelError as e:                     # the chat goes on: /clear, another message
+            self.screen.error(str(e))
+            return
         finally:
             if gen is not None:
                 gen.close()
-        if ended == "interrupted" and not ids:      # stopped while reading the message
+        if interrupted and not ids:                 # stopped while reading the message
             self.screen.note("[interrupted]")
             return
         reply = "".join(pieces)
-        stats = self.llm.stats
-        if self.conv.raw and ended is None and stats.stop_type == "word":
+        result = self.llm.stats
+        if interrupted:
+            result.stop = Stop.CANCELLED
+        if self.conv.raw and result.stop is Stop.WORD:
             # raw mode: the -r string the model wrote (the engine holds it back) stays in
             # the text, so the user writes after it
-            self.screen.write(stats.stopping_word)
-            reply += stats.stopping_word
+            self.screen.write(result.stopping_word)
+            reply += result.stopping_word
         self.conv.reply(turn, ids, reply)
         self.screen.newline()
-        ended = ended or stats.finish_reason
-        self.last = (stats, ENDED.get(ended, ended))
+        self.last = result
         self.replies += 1
         self.generated += len(ids)
-        if ended == "interrupted":
+        if result.stop is Stop.CANCELLED:
             self.screen.note("[stopped]")
-        elif ended == "context":
-            self.screen.error(self._full("the reply was cut short"))
+        elif result.stop is Stop.CONTEXT:
+            self.screen.error("the context is full: the reply was cut short (your next message makes room "
+                              "by dropping the oldest exchanges)")
+
+    def make_room(self, turn, text: str):
+        """The turn, after dropping the oldest exchanges (the system prompt stays) while it
+        leaves less than REPLY_ROOM tokens (or the -n limit) for the reply; each drop is
+        said. A message too long on its own is left for generate to refuse."""
+        room = min(self.limit or REPLY_ROOM, self.llm.n_ctx // 4)
+        first, before, dropped = turn, self.conv.state, 0
+        while len(turn.tokens) + room > self.llm.n_ctx and self.conv.forget() is not None:
+            dropped += 1
+            turn = self.conv.prompt(text)
+        if len(turn.tokens) >= self.llm.n_ctx:        # too long on its own: drop nothing
+            self.conv.state = before
+            return first
+        if dropped:
+            self.screen.note(f"[the context is full: dropped the oldest exchange{'s' * (dropped > 1)} "
+                             f"({dropped}); the system prompt stays]")
+        return turn
 
     def _full(self, why: str) -> str:
         train = self.llm.cfg.n_ctx_train
@@ -224,14 +231,16 @@ class Repl:
 def run(llm, args) -> int:
     try:
         system = read_prompt(args)                 # -p / -f: the system prompt
-        template, raw, fmt = chat_format(llm, args)
     except UserError as e:
         return die(str(e), e.status)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     color = interactive and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
     sys.stdout.reconfigure(errors="replace")
     screen = Screen(color)
-    repl = Repl(llm, args, Conversation(llm, template, raw, system or None, stop_strings(args)), screen)
+    template = llm.chat_format.template          # None: a base model, raw completion
+    fmt = llm.chat_format.how if template is not None else "raw completion mode"
+    conv = Conversation(llm, template, system or None, stop_strings(args))
+    repl = Repl(llm, args, conv, screen)
     reader = TerminalReader(commands.names(), color) if interactive else PlainReader()
     repl.banner(fmt)
     try:

@@ -1,24 +1,33 @@
 """--server: the web page and an OpenAI-compatible API on FastAPI/uvicorn.
 
     gemma-runner --server [--host 127.0.0.1] [--port 8080] [--nobrowser] [--api-key KEY] [-np N]
+                          [--allowed-hosts NAME,...] [--timeout S]
 
 Routes: GET / (the page, runner/web/), /health, /v1/models, /props, /slots, /metrics;
-POST /v1/chat/completions, /v1/completions, /completion, /tokenize, /detokenize.
+POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages,
+/v1/messages/count_tokens, /completion, /embedding, /tokenize, /detokenize.
 
 The API answers in OpenAI's error shape: 400 for anything wrong in a request, 401 for a
-missing or wrong key (with --api-key: every route but the page and /health), 404/405
-for unknown routes, 503 while the model loads. An unexpected exception is logged with
-its traceback and answered 400 (the request could not be served) or 503, never with a
-500 and a traceback for the client.
+missing or wrong key (with --api-key: every route but the page and /health), 403 for a
+Host name a loopback-bound server does not answer to (origin.py), 404/405 for unknown
+routes, 408 for a request that stops arriving and 413 for a body too large (limits.py),
+415 for a POST that is not JSON, 503 while the model loads or when it computes NaN. A
+client's mistake is logged on one line; an unexpected exception is logged with its
+traceback and answered 400 (the request could not be served) or 503, never with a 500
+and a traceback for the client.
 
-Modules: api_common (options, validation, errors), openai_api and llama_api (the
-handlers), slots (scheduling generation across -np engines), jsonmode (JSON output).
+Layers, each importing only those below it: this module (the app, the routes), then one
+adapter per API (openai_api, llama_api, embeddings_api, responses_api, anthropic_api)
+over what they share (api_common: validation, errors, the event loop that makes
+responses), then the slot pool (slots), then the compute thread (scheduler), which runs
+the engine's decoding step and, between its steps, the work that needs no slot
+(embeddings). Under /v1/messages every error answer, from any layer, is rewritten in
+Anthropic's shape (anthropic_api.ErrorShape).
 """
 from __future__ import annotations
 
 import hmac
 import socket
-import sys
 import threading
 import time
 import traceback
@@ -29,19 +38,21 @@ from typing import Callable, Iterator
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from ..engine import Engine
-from . import llama_api, openai_api
-from .api_common import APIError, Options, State, error_body
-from .slots import PREFILL_CHUNK, SlotPool
+from . import anthropic_api, embeddings_api, llama_api, openai_api, responses_api
+from .api_common import APIError, Options, State, error_body, model_id
+from .limits import BodyReader, uvicorn_config
+from .origin import HostCheck, is_json
+from .slots import SlotPool
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 PUBLIC = ("/", "/health", "/favicon.ico")          # never behind the API key
 KNOWN = ("/v1/chat/completions", "/v1/completions", "/completion", "/tokenize", "/detokenize", "/v1/models",
-         "/props", "/slots", "/metrics")             # paths counted by name when refused
+         "/props", "/slots", "/metrics", "/v1/embeddings", "/embedding", "/embeddings", "/v1/responses",
+         "/v1/messages", "/v1/messages/count_tokens")   # paths counted by name when refused
 INPUT_ERRORS = (ValueError, TypeError, LookupError, ArithmeticError, UnicodeError, RecursionError)
 
 
@@ -51,11 +62,8 @@ def error_response(status: int, message: str, type: str, code=None, headers=None
 
 def attach_model(state: State, llm) -> None:
     """Make the model servable: one engine per slot, all sharing the weights."""
-    engines = [llm.engine] + [Engine(llm.weights, llm.cfg, llm.tokenizer, n_ctx=llm.n_ctx)
-                              for _ in range(state.options.parallel - 1)]
-    for e in engines:
-        e.n_batch = PREFILL_CHUNK                   # the granularity of progress and of a cancel
-    state.pool = SlotPool(engines, state.metrics, state)
+    engines = [llm.engine] + [llm.engine.spawn() for _ in range(state.options.parallel - 1)]
+    state.pool = SlotPool(engines, state.metrics)
     state.llm = llm                                  # last: a non-None llm means ready
 
 
@@ -91,10 +99,17 @@ def create_app(llm, options: Options | object | None = None) -> FastAPI:
 
     app = FastAPI(title="gemma-runner", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.gemma = state
+    # Starlette wraps the last added middleware around the rest. Guard is the outermost one
+    # that answers requests (a CORS middleware goes before it, so that preflights pass the
+    # Host check first); ErrorShape, outside it, answers nothing and only rewrites the
+    # error bodies of Anthropic's routes, Guard's 401 and 503 included.
     app.add_middleware(Guard, state=state)
+    app.add_middleware(anthropic_api.ErrorShape)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> Response:
+        if e.status < 500:                           # a client's mistake: one line, no traceback
+            state.log(f"{request.method} {request.url.path}: {e.status} {e.message}")
         return JSONResponse(e.body(), status_code=e.status)
 
     @app.exception_handler(StarletteHTTPException)
@@ -108,36 +123,67 @@ def create_app(llm, options: Options | object | None = None) -> FastAPI:
 
 
 class Guard:
-    """ASGI middleware (plain, so streams and disconnects pass through untouched): the API
-    key, 503 while loading, a clean answer for unexpected exceptions, request counts."""
+    """ASGI middleware (plain, so streams and disconnects pass through untouched), in this
+    order: the Host check against DNS rebinding (origin.py; 403), the API key (401; not
+    for CORS preflights, which carry no credentials), a JSON content type on POST (415),
+    503 while loading, bounds on the request body (limits.BodyReader), a clean answer
+    for unexpected exceptions, request counts."""
 
     def __init__(self, app, state: State):
         self.app, self.state = app, state
+        self.hosts = HostCheck(state.options.host, state.options.allowed_hosts)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        state, path = self.state, scope["path"]
-        public = path in PUBLIC or path.startswith("/web/")
+        state, path, method = self.state, scope["path"], scope["method"]
+        counted = path if path in KNOWN else "other"
+        host = header(scope, b"host")
+        if not self.hosts.allows(host):
+            state.metrics.request(counted, 403)
+            state.log(f"{method} {path}: 403 Host {host!r} refused (a DNS rebinding attempt, or a name for "
+                      f"--allowed-hosts)")
+            return await error_response(403, f"this server does not answer to the host name {host!r}: it is bound "
+                                        f"to a loopback address and answers to localhost, 127.0.0.1 and [::1] "
+                                        f"(--allowed-hosts adds names)", "permission_error",
+                                        "host_not_allowed")(scope, receive, send)
+        public = path in PUBLIC or path.startswith("/web/") or method == "OPTIONS"
         key = state.options.api_key
         if key and not public and not authorized(scope, key):
-            state.metrics.request(path if path in KNOWN else "other", 401)
+            state.metrics.request(counted, 401)
             return await error_response(401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
                                         "authentication_error", "invalid_api_key",
                                         headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        if method == "POST" and not is_json(header(scope, b"content-type")):
+            # why: a form or text/plain POST needs no CORS preflight, so any web page could send one
+            state.metrics.request(counted, 415)
+            given = header(scope, b"content-type")
+            return await error_response(415, f"send the request body as JSON with 'Content-Type: application/json' "
+                                        f"(got {given or 'none'!r})", "invalid_request_error",
+                                        "unsupported_media_type")(scope, receive, send)
         if state.llm is None and not public:
-            state.metrics.request(path if path in KNOWN else "other", 503)
+            state.metrics.request(counted, 503)
             return await loading_response(state)(scope, receive, send)
+        options = state.options
+        if content_length(scope) > options.max_body:
+            return await error_response(413, f"the request body is larger than {options.max_body >> 20} MiB",
+                                        "invalid_request_error", 413,
+                                        headers={"Connection": "close"})(scope, receive, send)
+        body = BodyReader(receive, options.timeout, options.max_body)
         status = None
 
         async def send_status(message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if body.failed:                      # the rest of the body may still come: hang up
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, body, send_status)
+        except ClientDisconnect:                     # the client left before sending the whole body
+            pass
         except Exception as e:                       # what no exception handler mapped
             if status is None:
                 response = unexpected(state, scope, e)
@@ -148,6 +194,22 @@ class Guard:
                           f"{traceback.format_exc().rstrip()}")
         route = scope.get("route")
         state.metrics.request(getattr(route, "path", None) or "other", status or 0)
+
+
+def header(scope, name: bytes) -> str | None:
+    """A request header's value (the first, if repeated), or None."""
+    for k, v in scope.get("headers", []):
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+def content_length(scope) -> int:
+    """The Content-Length the client announced (0 if none or unreadable)."""
+    for k, v in scope.get("headers", []):
+        if k == b"content-length":
+            return int(v) if v.isdigit() and len(v) < 20 else 0
+    return 0
 
 
 def authorized(scope, key: str) -> bool:
@@ -184,7 +246,7 @@ def install_routes(app: FastAPI, state: State) -> None:
     async def models() -> Response:
         llm = state.llm
         return JSONResponse({"object": "list", "data": [{
-            "id": openai_api.model_id(llm), "object": "model", "created": state.started,
+            "id": model_id(llm), "object": "model", "created": state.started,
             "owned_by": "gemma-runner",
             "meta": {"name": llm.name, "n_ctx": llm.n_ctx, "n_vocab": llm.n_vocab}}]})
 
@@ -197,6 +259,28 @@ def install_routes(app: FastAPI, state: State) -> None:
     @app.post("/completions")
     async def completions(request: Request) -> Response:
         return await openai_api.completions(state, request)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return await embeddings_api.openai_embeddings(state, request)
+
+    @app.post("/embedding")
+    @app.post("/embeddings")
+    async def embedding(request: Request) -> Response:
+        return await embeddings_api.llama_embeddings(state, request)
+
+    @app.post("/v1/responses")
+    @app.post("/responses")
+    async def responses(request: Request) -> Response:
+        return await responses_api.create(state, request)
+
+    @app.post("/v1/messages")
+    async def messages(request: Request) -> Response:
+        return await anthropic_api.messages(state, request)
+
+    @app.post("/v1/messages/count_tokens")
+    async def count_tokens(request: Request) -> Response:
+        return await anthropic_api.count_tokens(state, request)
 
     @app.post("/completion")
     async def completion(request: Request) -> Response:
@@ -276,7 +360,7 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str
     block ends; yields the base URL. For tests and benchmarks."""
     import uvicorn
     sock = listen(host, port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+    server = uvicorn.Server(uvicorn_config(app, app.state.gemma.options, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
     thread.start()
@@ -294,43 +378,26 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str
         sock.close()
 
 
-def chat_template(llm, args) -> str | None:
-    """The template /v1/chat/completions formats with: --chat-template, else the model
-    file's, else the built-in Gemma format, which a base model without a template gets
-    too. ChatError for a --chat-template that does not compile."""
-    from ..chat import resolve_template
-    template, _, warning = resolve_template(args.chat_template, llm.gguf.get("tokenizer.chat_template"))
-    if warning and not args.log_disable:
-        print(f"gemma-runner: {warning}", file=sys.stderr)
-    return template
-
-
 def run(llm, args, name: str = "") -> int:
     """Serve `llm`, or a function that loads it: then the server listens at once and
     answers 503 until the model is ready."""
     import uvicorn
     from ..args import die
-    from ..chat import ChatError, resolve_template
     options = Options.from_args(args)
-    try:
-        resolve_template(args.chat_template, None)    # a bad --chat-template: fail now
-    except ChatError as e:
-        return die(f"--chat-template: {e}", 2)
     failed: list[Exception] = []
     if callable(llm) and not hasattr(llm, "engine"):
         loader = llm
 
         def source():
             try:
-                model = loader()
+                llm = loader()
+                llm.engine.probe()                    # NaN logits: refuse to serve, say why
+                return llm
             except Exception as e:                    # a file that cannot be served: stop
                 failed.append(e)
                 server.should_exit = True
                 raise
-            model.chat_template = chat_template(model, args)
-            return model
     else:
-        llm.chat_template = chat_template(llm, args)
         name, source = name or llm.name, llm
     app = create_app(source, options)
     try:
@@ -341,7 +408,7 @@ def run(llm, args, name: str = "") -> int:
     url = browse_url(options.host, port)
     print(f"{name or 'gemma-runner'}: serving the chat page at {url} and the OpenAI API at {url}v1 "
           f"({options.parallel} slot{'s' if options.parallel > 1 else ''}; Ctrl-C stops)", flush=True)
-    config = uvicorn.Config(app, log_level="info" if options.log else "critical", access_log=options.log,
+    config = uvicorn_config(app, options, log_level="info" if options.log else "critical", access_log=options.log,
                             timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     if not options.nobrowser:

@@ -12,7 +12,7 @@ of a chat finds its conversation still cached), else the one idle the longest.
 Concurrency: the engines are only touched by one compute thread (scheduler.py), which
 reads prompts a chunk at a time and decodes all the replies in progress together, one
 pass over the weights per step. A request's events reach its asyncio queue through the
-event loop; its client leaving sets a cancel flag the scheduler checks between steps, so
+event loop; its client leaving sets a cancel flag the scheduler checks between events, so
 a generation stops within one token. The slot is freed (on the event loop) when the
 scheduler is done with it, so the next request can never touch an engine still in use.
 """
@@ -23,56 +23,32 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 from ..engine import Engine, Prompt, common_prefix
-from ..sampling import SamplingParams
-from .scheduler import Running, Scheduler
+from ..generation import Generation, Result, Stop, rate
+from ..sampling import Constraint, SamplingParams
+from .scheduler import Chore, Running, Scheduler
 
-PREFILL_CHUNK = 256          # tokens per prefill step: the granularity of progress and cancel
-POLL_S = 0.5                 # how often a waiting non-streaming request checks its client
+POLL_S = 0.1                 # how often a non-streaming request checks that its client is there
 
 
 @dataclass
 class Job:
+    """A generation to run on whichever slot is free (the Generation's arguments)."""
     prompt: Prompt
     params: SamplingParams
     max_tokens: int | None = None         # None: until the end of text or context; 0: none
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None           # None: no log-probabilities; n: with the top n
-    json_vocab: object | None = None      # jsonmode.JSONVocab: constrain the output to JSON
+    constraint: Callable[[], Constraint] | None = None   # a fresh constraint per run (JSON mode)
     progress: bool = False                # report prefill progress events
     prompt_logprobs: int | None = None    # also score the prompt's tokens (echo + logprobs)
 
-
-@dataclass
-class Result:
-    slot: int
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    prefill_s: float = 0.0
-    generated_tokens: int = 0
-    decode_s: float = 0.0
-    draft_n: int = 0                      # greedy guesses checked (engine.draft_round)
-    draft_accepted: int = 0               # of which right
-    finish_reason: str = ""               # "stop" or "length" (a full context is "length")
-    stop_type: str = ""                   # the engine's: "eos", "word", "constraint", "limit", "context"
-    stopping_word: str = ""
-    prompt_logprobs: list | None = None   # per prompt token: None or (logprob, top [(id, lp)])
-
-    def timings(self) -> dict:
-        """llama.cpp's timings object (with its speculative decoding's draft_n and
-        draft_n_accepted when the reply drafted)."""
-        n_prompt = self.prompt_tokens - self.cached_tokens
-        t = {"prompt_n": n_prompt, "prompt_ms": self.prefill_s * 1e3,
-             "prompt_per_second": n_prompt / self.prefill_s if self.prefill_s > 0 else 0.0,
-             "predicted_n": self.generated_tokens, "predicted_ms": self.decode_s * 1e3,
-             "predicted_per_second": self.generated_tokens / self.decode_s if self.decode_s > 0 else 0.0,
-             "cache_n": self.cached_tokens}
-        if self.draft_n:
-            t.update(draft_n=self.draft_n, draft_n_accepted=self.draft_accepted)
-        return t
+    def start(self, engine: Engine) -> Generation:
+        return Generation(engine, self.prompt, self.params, self.max_tokens, self.stop, self.ignore_eos,
+                          self.logprobs, self.constraint() if self.constraint else None)
 
 
 class Metrics:
@@ -90,10 +66,10 @@ class Metrics:
         with self.lock:
             self.requests[(path, status)] += 1
 
-    def record(self, r: Result, cancelled: bool) -> None:
+    def record(self, r: Result) -> None:
         with self.lock:
             self.completions += 1
-            self.cancelled += cancelled
+            self.cancelled += r.stop is Stop.CANCELLED
             self.prompt_tokens += r.prompt_tokens
             self.cached_tokens += r.cached_tokens
             self.prefill_s += r.prefill_s
@@ -117,9 +93,9 @@ class Metrics:
                 ("tokens_predicted_total", "counter", "generated tokens", [({}, self.generated_tokens)]),
                 ("tokens_predicted_seconds_total", "counter", "time spent on decoding", [({}, self.decode_s)]),
                 ("prompt_tokens_per_second", "gauge", "average prefill throughput",
-                 [({}, prefilled / self.prefill_s if self.prefill_s else 0.0)]),
+                 [({}, rate(prefilled, self.prefill_s))]),
                 ("predicted_tokens_per_second", "gauge", "average decode throughput",
-                 [({}, self.generated_tokens / self.decode_s if self.decode_s else 0.0)]),
+                 [({}, rate(self.generated_tokens, self.decode_s))]),
                 ("requests_processing", "gauge", "slots generating now", [({}, busy)]),
                 ("requests_deferred", "gauge", "requests waiting for a slot", [({}, waiting)]),
                 ("slots", "gauge", "parallel slots (-np)", [({}, slots)]),
@@ -145,13 +121,12 @@ class Slot:
 
 
 class SlotPool:
-    def __init__(self, engines: list[Engine], metrics: Metrics, state=None):
+    def __init__(self, engines: list[Engine], metrics: Metrics):
         self.slots = [Slot(i, e) for i, e in enumerate(engines)]
         self.metrics = metrics
-        self.state = state                    # api_common.State: the JSON vocabulary, logs
         self._waiters: deque[tuple[asyncio.Future, list[int]]] = deque()
         self._cancels: set[threading.Event] = set()
-        self.scheduler = Scheduler(self._finished)
+        self.scheduler = Scheduler()
 
     @property
     def busy(self) -> int:
@@ -163,20 +138,20 @@ class SlotPool:
 
     # -- slots (event loop only) -------------------------------------------------------
 
-    def _pick(self, keys: list[int]) -> Slot | None:
+    def _pick(self, ids: list[int]) -> Slot | None:
         free = [s for s in self.slots if not s.busy]
         if not free:
             return None
-        return max(free, key=lambda s: (common_prefix(s.engine.keys, keys), -s.last_used))
+        return max(free, key=lambda s: (common_prefix(s.engine.ids, ids), -s.last_used))
 
-    async def _acquire(self, keys: list[int]) -> Slot:
+    async def _acquire(self, ids: list[int]) -> Slot:
         if not self._waiters:
-            slot = self._pick(keys)
+            slot = self._pick(ids)
             if slot is not None:
                 slot.busy = True
                 return slot
         fut = asyncio.get_running_loop().create_future()
-        entry = (fut, keys)
+        entry = (fut, ids)
         self._waiters.append(entry)
         try:
             return await fut
@@ -187,11 +162,11 @@ class SlotPool:
                 self._waiters.remove(entry)
             raise
 
-    async def _acquire_watching(self, keys: list[int], disconnected) -> Slot | None:
+    async def _acquire_watching(self, ids: list[int], disconnected) -> Slot | None:
         """A slot, or None if the client left while waiting for one."""
         if disconnected is None:
-            return await self._acquire(keys)
-        task = asyncio.ensure_future(self._acquire(keys))
+            return await self._acquire(ids)
+        task = asyncio.ensure_future(self._acquire(ids))
         while not task.done():
             await asyncio.wait({task}, timeout=POLL_S)
             if not task.done() and await disconnected():
@@ -206,11 +181,11 @@ class SlotPool:
         slot.busy = False
         slot.last_used = time.monotonic()
         while self._waiters:
-            fut, keys = self._waiters[0]
+            fut, ids = self._waiters[0]
             if fut.done():                        # its client left
                 self._waiters.popleft()
                 continue
-            s = self._pick(keys)
+            s = self._pick(ids)
             if s is None:
                 return
             self._waiters.popleft()
@@ -222,11 +197,11 @@ class SlotPool:
     async def run(self, job: Job, disconnected: Callable[[], Awaitable[bool]] | None = None
                   ) -> AsyncIterator[tuple[str, object]]:
         """Events of one generation: ("prompt_logprobs", list) if the job scores its
-        prompt, ("progress", dict)*, ("token", engine.Token)*, then ("done", Result) or
+        prompt, ("progress", dict)*, ("token", Token)*, then ("done", Result) or
         ("error", exception). Closing the iterator (or `disconnected` returning True)
         cancels the generation."""
         loop = asyncio.get_running_loop()
-        slot = await self._acquire_watching(job.prompt.keys(), disconnected)
+        slot = await self._acquire_watching(job.prompt.ids(), disconnected)
         if slot is None:
             return
         queue: asyncio.Queue = asyncio.Queue()
@@ -243,7 +218,11 @@ class SlotPool:
             self._cancels.discard(cancel)
             self._release(slot)
 
-        def free_soon() -> None:                  # from the scheduler thread
+        def finish(r: Running) -> None:           # from the scheduler thread
+            result = r.gen.result
+            result.slot = slot.id
+            self.metrics.record(result)
+            r.emit(("error", r.gen.error) if r.gen.error is not None else ("done", result))
             try:
                 loop.call_soon_threadsafe(free)
             except RuntimeError:                  # the loop is gone (shutdown)
@@ -252,9 +231,10 @@ class SlotPool:
         if self.scheduler.stopping.is_set():      # shutting down
             free()
             return
-        self.scheduler.submit(Running(slot, job, Result(slot=slot.id, prompt_tokens=len(job.prompt)), emit,
-                                      cancel, free_soon))
+        self.scheduler.submit(Running(job.start(slot.engine), emit, cancel, finish, job.progress,
+                                      job.prompt_logprobs))
         try:
+            check_at = time.monotonic() + POLL_S
             while True:
                 if disconnected is None:
                     event = await queue.get()
@@ -262,8 +242,14 @@ class SlotPool:
                     try:
                         event = await asyncio.wait_for(queue.get(), POLL_S)
                     except asyncio.TimeoutError:
+                        event = None
+                    # why: a client can leave while tokens flow (a non-streaming request
+                    # hears of it only when asked), so ask at least every POLL_S
+                    if time.monotonic() >= check_at:
                         if await disconnected():
                             return
+                        check_at = time.monotonic() + POLL_S
+                    if event is None:
                         continue
                 yield event
                 if event[0] in ("done", "error"):
@@ -271,28 +257,46 @@ class SlotPool:
         finally:
             cancel.set()                          # no-op if the job already ended
 
+    # -- work without a slot -----------------------------------------------------------
+
+    async def compute(self, work: Iterator[Any], disconnected: Callable[[], Awaitable[bool]] | None = None) -> Any:
+        """Run `work` on the compute thread, one piece per turn between decoding steps
+        (scheduler.Chore): the generator's return value, or its exception raised here;
+        None if the client left (or the server is stopping) first."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        cancel = threading.Event()
+
+        def done(result: Any, error: Exception | None) -> None:      # from the scheduler thread
+            def settle() -> None:
+                if fut.done():
+                    return
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(result)
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:                  # the loop is gone (shutdown)
+                pass
+
+        if self.scheduler.stopping.is_set():
+            return None
+        self._cancels.add(cancel)
+        self.scheduler.submit(Chore(work, done, cancel))
+        try:
+            while not fut.done():
+                await asyncio.wait({fut}, timeout=POLL_S)
+                if fut.done():
+                    break
+                if (disconnected is not None and await disconnected()) or not self.scheduler.thread.is_alive():
+                    return None
+            return fut.result()
+        finally:
+            cancel.set()                          # no-op if it ended; else the scheduler drops it
+            self._cancels.discard(cancel)
+
     def shutdown(self) -> None:
         for c in list(self._cancels):
             c.set()
         self.scheduler.shutdown()
-
-    def _finished(self, r: Running, cancelled: bool, error: Exception | None) -> None:
-        """A job's end, from the scheduler thread: its numbers, its last event, its slot."""
-        res, st = r.result, r.stats
-        res.prompt_tokens, res.cached_tokens, res.prefill_s = st.prompt_tokens or res.prompt_tokens, \
-            st.cached_tokens, st.prefill_s
-        res.generated_tokens, res.decode_s = st.generated_tokens, st.decode_s
-        res.draft_n, res.draft_accepted = st.draft_tokens, st.draft_accepted
-        res.finish_reason = "stop" if st.finish_reason == "stop" else "length"
-        res.stop_type, res.stopping_word = st.stop_type, st.stopping_word
-        self.metrics.record(res, cancelled)
-        if error is not None:
-            r.emit(("error", error))
-        else:
-            if self.state is not None and not cancelled:
-                t = res.timings()
-                self.state.log(f"slot {res.slot}: prompt {res.prompt_tokens} tokens ({res.cached_tokens} cached, "
-                               f"{t['prompt_per_second']:.0f} tok/s), {res.generated_tokens} generated "
-                               f"({t['predicted_per_second']:.1f} tok/s), {res.finish_reason}")
-            r.emit(("done", res))
-        r.free()

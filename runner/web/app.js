@@ -41,7 +41,7 @@ function notice(text) {
 // -- the API ------------------------------------------------------------------------------
 
 class APIError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
+  constructor(status, message, code) { super(message); this.status = status; this.code = code; }
 }
 
 function headers() {
@@ -52,14 +52,17 @@ function headers() {
 }
 
 async function errorOf(resp) {
-  let message = `HTTP ${resp.status}`;
-  try { const body = await resp.json(); if (body.error && body.error.message) message = body.error.message; } catch { /* not JSON */ }
+  let message = `HTTP ${resp.status}`, code = null;
+  try {
+    const body = await resp.json();
+    if (body.error && body.error.message) { message = body.error.message; code = body.error.code; }
+  } catch { /* not JSON */ }
   if (resp.status === 401) {
     $("api-key-row").hidden = false;
     toggleSettings(true);
     message += " (enter the server's API key in the settings)";
   }
-  return new APIError(resp.status, message);
+  return new APIError(resp.status, message, code);
 }
 
 // POST `body` to `path` and call onEvent(obj) for every SSE data object; resolves when
@@ -108,6 +111,7 @@ function timingText(t) {
 // -- chat ---------------------------------------------------------------------------------
 
 const chat = {
+  dropped: store.get("dropped", 0),      // the oldest messages no longer sent (the context is full)
   messages: store.get("messages", []),   // {role, content} as sent to the API
   controller: null,
   hint: "Type a message below to start.",
@@ -145,7 +149,11 @@ function setContent(body, role, content) {
 function renderChat() {
   const box = $("messages");
   box.textContent = "";
-  for (const m of chat.messages) box.appendChild(messageNode(m.role, m.content));
+  chat.messages.forEach((m, i) => {
+    const node = messageNode(m.role, m.content);
+    if (i < chat.dropped) node.classList.add("dropped");       // shown, no longer sent
+    box.appendChild(node);
+  });
   if (!chat.messages.length) {
     const hint = document.createElement("div");
     hint.className = "empty";
@@ -183,14 +191,13 @@ async function sendChat(text) {
   const body = reply.querySelector(".body");
   const status = $("chat-status");
   const sys = settings.system();
-  const messages = (sys ? [{role: "system", content: sys}] : []).concat(chat.messages);
   let content = "";
   let finish = null, timings = null;
   chat.controller = new AbortController();
   setBusy("chat", true);
   status.textContent = "waiting for the model…";
   try {
-    await streamPost("/v1/chat/completions", {
+    await sendFitting(sys, (messages) => streamPost("/v1/chat/completions", {
       messages, stream: true, return_progress: true,
       temperature: settings.temperature(), max_tokens: settings.maxTokens(),
     }, chat.controller.signal, (ev) => {
@@ -204,7 +211,7 @@ async function sendChat(text) {
         $("messages").scrollTop = $("messages").scrollHeight;
       }
       if (choice.finish_reason) { finish = choice.finish_reason; timings = ev.timings; }
-    });
+    }));
     status.textContent = timingText(timings) + (finish === "length" ? " · stopped at the token limit" : "");
   } catch (e) {
     if (e.name === "AbortError") status.textContent = "stopped";
@@ -222,6 +229,27 @@ async function sendChat(text) {
   }
 }
 
+// send the conversation (the system prompt, then the messages not yet dropped); while the
+// server says it no longer fits the context, drop its oldest exchange (the system prompt
+// stays) and try again, saying so
+async function sendFitting(sys, send) {
+  for (;;) {
+    const messages = (sys ? [{role: "system", content: sys}] : []).concat(chat.messages.slice(chat.dropped));
+    try {
+      return await send(messages);
+    } catch (e) {
+      const next = chat.messages.findIndex((m, i) => i > chat.dropped && m.role === "user");
+      if (e.code !== "context_length_exceeded" || next < 0) throw e;
+      chat.dropped = next;
+      store.set("dropped", chat.dropped);
+      notice(`The conversation is longer than the model's context: the oldest ${chat.dropped} ` +
+             `message${chat.dropped > 1 ? "s are" : " is"} no longer sent (the system prompt is).`);
+      // grey them out in place (re-rendering would drop the reply being streamed)
+      $("messages").querySelectorAll(".msg").forEach((n, i) => n.classList.toggle("dropped", i < chat.dropped));
+    }
+  }
+}
+
 function regenerate() {
   if (chat.controller) return;
   while (chat.messages.length && chat.messages[chat.messages.length - 1].role === "assistant") chat.messages.pop();
@@ -232,7 +260,9 @@ function regenerate() {
 function clearChat() {
   if (chat.controller) chat.controller.abort();
   chat.messages = [];
+  chat.dropped = 0;
   store.set("messages", chat.messages);
+  store.set("dropped", 0);
   renderChat();
   $("chat-status").textContent = "";
   notice("");

@@ -2,7 +2,7 @@
 
 why: the tied output matrix (262k rows) is the largest product of a decode step: in the
 270M model 178 MB of its 253 MB of Q8_0 weights (671 MB of 1.07 GB as float32); memory
-bandwidth, not arithmetic, sets its speed (SPEC 6). Greedy decoding only needs the
+bandwidth, not arithmetic, sets its speed. Greedy decoding only needs the
 argmax of the logits, and that argmax is nearly always one of a few thousand tokens:
 the pieces BPE merged first (the most frequent) and the tokens already in the context.
 So the engine runs the layers for every token as before, guesses the next token from

@@ -1,4 +1,5 @@
-"""The Gemma 3 text decoder as small functions over numpy arrays (SPEC 3).
+"""The Gemma 3 text decoder as small functions over numpy arrays (the computation of
+llama.cpp's gemma3 graph).
 
 Weights are named like the GGUF tensors and stay as the file stores them, mapped, not
 copied: the compiled kernels (runner/kernels) multiply the quantized blocks directly, so

@@ -1,5 +1,5 @@
 """Gemma 3's eyes: a SigLIP vision tower and the Gemma 3 projector, from an mmproj GGUF
-(SPEC 4), as small functions over numpy arrays.
+(llama.cpp's clip.cpp graph for Gemma 3), as small functions over numpy arrays.
 
     tower = VisionTower(GGUFFile("mmproj.gguf"))
     pixels = tower.resize(pil_image)               # [S, S, 3] uint8, as transformers resizes
@@ -20,8 +20,6 @@ not imported here: `resize` takes a PIL image from runner.images.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import hashlib
 import mmap
 import os
@@ -35,6 +33,7 @@ from . import kernels
 from .gguf import GGUFError, GGUFFile, TensorInfo
 from .model import gelu_tanh, rms_norm
 from .quants import GGMLType, dequantize
+from .threads import single_threaded_blas
 
 F32 = np.float32
 DEFAULT_POOL = 4          # llama.cpp's default for gemma3: 64x64 patches -> 16x16 tokens
@@ -257,39 +256,6 @@ def parallel(fn, n: int, threads: int) -> None:
     finally:
         for j in jobs:
             j.result()
-
-
-@functools.lru_cache(maxsize=1)
-def _openblas() -> tuple | None:
-    """(get, set) of the OpenBLAS thread count numpy uses; None with another BLAS."""
-    try:
-        for line in open("/proc/self/maps"):
-            if "openblas" in line.lower():
-                lib = ctypes.CDLL(line.split()[-1])
-                for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("", "")):
-                    get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
-                    put = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
-                    if get and put:
-                        return get, put
-    except OSError:
-        pass
-    return None
-
-
-@contextlib.contextmanager
-def single_threaded_blas():
-    """BLAS on one thread inside the block (the callers' threads share the cores)."""
-    lib = _openblas()
-    if lib is None:
-        yield
-        return
-    get, put = lib
-    before = get()
-    put(ctypes.c_int(1))
-    try:
-        yield
-    finally:
-        put(ctypes.c_int(before))
 
 
 def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:

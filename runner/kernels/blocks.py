@@ -1,4 +1,5 @@
-"""Decoders of GGUF blocks into 16-lane float vectors, one per ggml type (SPEC 2).
+"""Decoders of GGUF blocks into 16-lane float vectors, one per ggml type
+(the block layouts of ggml-common.h).
 
 Every decoder reads one *unit*: the 32 consecutive weights u*32 .. u*32+31 of a row that
 starts at byte `base` of the uint8 array W, and returns them as two f32x16 vectors (the

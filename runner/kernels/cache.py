@@ -24,6 +24,7 @@ from pathlib import Path
 from numba.core import caching
 
 HERE = Path(__file__).resolve().parent
+PACKAGE = __name__.rpartition(".")[0]          # runner.kernels
 SOURCES = ("__init__.py", "cache.py", "simd.py", "blocks.py", "products.py")
 
 
@@ -64,7 +65,10 @@ class KernelCacheLocator(caching._CacheLocator):
 
     @classmethod
     def from_function(cls, py_func, py_file):
-        if Path(py_file).resolve().parent != HERE:
+        # by module name, not file: a one-file executable names the file relatively
+        # ("runner/kernels/products.py"), which numba resolves against the working directory
+        module = py_func.__module__ or ""
+        if module != PACKAGE and not module.startswith(PACKAGE + "."):
             return None                      # not ours: numba's own locators
         for root in roots():
             self = cls(py_func, root / f"kernels-{digest()}")

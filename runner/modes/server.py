@@ -306,7 +306,8 @@ def install_routes(app: FastAPI, state: State) -> None:
     async def metrics() -> Response:
         pool = state.pool
         return PlainTextResponse(state.metrics.render(pool.busy, pool.waiting, len(pool.slots)),
-                                 media_type="text/plain; version=0.0.4")
+                                 media_type="text/plain; version=0.0.4",
+                                 headers={"Process-Start-Time-Unix": str(state.started)})
 
     @app.get("/")
     async def index() -> Response:

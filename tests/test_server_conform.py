@@ -1,0 +1,79 @@
+"""Where the server claims llama-server's behaviour, it has it: metric names, response
+shapes, public routes, error bodies, CORS, the context per slot, --alias, n choices,
+/apply-template. Modelled on llama.cpp's own tools/server/tests (unit/test_metrics.py,
+test_security.py, test_chat_completion.py, ...), on the tiny random model."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from runner.modes.api_common import Options
+from runner.modes.server import create_app, serve_in_thread
+
+pytestmark = pytest.mark.fast
+
+PROMPT = "The capital of France is"
+CHAT = [{"role": "user", "content": "Name three fruits."}]
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_path):
+    import runner
+    return runner.load(tiny_path, n_ctx=1024, threads=2)
+
+
+@pytest.fixture(scope="module")
+def base(llm):
+    with serve_in_thread(create_app(llm, Options(log=False, n_predict=8))) as url:
+        yield url
+
+
+def post(url: str, body: dict, **kw) -> httpx.Response:
+    return httpx.post(url, json=body, timeout=60, **kw)
+
+
+# -- /metrics -------------------------------------------------------------------------------
+
+def parse_metrics(text: str) -> dict[str, tuple[str, float]]:
+    """{name: (type, value)} of the unlabelled llamacpp: samples, each with its # TYPE."""
+    out, types = {}, {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            types[name] = kind
+        elif line.startswith("llamacpp:") and "{" not in line:
+            name, value = line.split(" ", 1)
+            assert name in types, f"{name} has no # TYPE line"
+            out[name] = (types[name], float(value))
+    return out
+
+
+def test_metrics_have_llama_server_names_types_and_values(base):
+    n_processed = n_cached = n_predicted = 0
+    for n in (4, 4):                                     # the second reuses the first's prompt
+        r = post(base + "/completion", {"prompt": PROMPT + " Paris, and", "n_predict": n, "temperature": 0,
+                                        "ignore_eos": True}).json()
+        n_processed += r["timings"]["prompt_n"]
+        n_cached += r["timings"]["cache_n"]
+        n_predicted += r["timings"]["predicted_n"]
+    res = httpx.get(base + "/metrics")
+    assert res.headers["content-type"].startswith("text/plain") and "Process-Start-Time-Unix" in res.headers
+    text, metrics = res.text, parse_metrics(res.text)
+    counters = ["prompt_tokens_total", "prompt_tokens_cached_total", "prompt_seconds_total",
+                "tokens_predicted_total", "tokens_predicted_seconds_total", "n_decode_total", "n_tokens_max"]
+    gauges = ["prompt_tokens_seconds", "predicted_tokens_seconds", "requests_processing", "requests_deferred",
+              "n_busy_slots_per_decode"]
+    for names, kind in ((counters, "counter"), (gauges, "gauge")):
+        for name in names:
+            assert metrics[f"llamacpp:{name}"][0] == kind, name
+            assert f"# HELP llamacpp:{name} " in text
+    assert n_cached > 0
+    assert metrics["llamacpp:prompt_tokens_total"][1] == n_processed     # cached tokens excluded
+    assert metrics["llamacpp:prompt_tokens_cached_total"][1] == n_cached
+    assert metrics["llamacpp:tokens_predicted_total"][1] == n_predicted
+    assert metrics["llamacpp:n_decode_total"][1] > 0
+    assert metrics["llamacpp:n_tokens_max"][1] == r["tokens_evaluated"] + 4
+    assert metrics["llamacpp:requests_processing"][1] == 0
+    assert metrics["llamacpp:predicted_tokens_seconds"][1] > 0
+    # the throughput gauges cover the time since the previous scrape, as llama-server's do
+    assert parse_metrics(httpx.get(base + "/metrics").text)["llamacpp:predicted_tokens_seconds"][1] == 0

@@ -164,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bound to a loopback address, the server answers only requests naming it "
                           "localhost, 127.0.0.1 or [::1] (against DNS rebinding); these Host names too "
                           "('.example.org' with its subdomains, '*' any)")
+    srv.add_argument("--cors-origins", default="localhost", metavar="ORIGINS",
+                     help="pages from which other origins may call the API (CORS): 'localhost' (default: "
+                          "pages served from a loopback origin), '*' any (llama-server's default; any web "
+                          "site could then use the model), 'none', or a comma-separated list of origins "
+                          "such as 'https://app.example.org,chrome-extension://ID'")
     srv.add_argument("-np", "--parallel", type=_pos_int, default=1, metavar="N",
                      help="requests generated at the same time (default 1)")
     srv.add_argument("--timeout", type=_pos_float, default=10.0, metavar="S",

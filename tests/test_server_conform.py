@@ -77,3 +77,49 @@ def test_metrics_have_llama_server_names_types_and_values(base):
     assert metrics["llamacpp:predicted_tokens_seconds"][1] > 0
     # the throughput gauges cover the time since the previous scrape, as llama-server's do
     assert parse_metrics(httpx.get(base + "/metrics").text)["llamacpp:predicted_tokens_seconds"][1] == 0
+
+
+# -- CORS -----------------------------------------------------------------------------------
+
+PREFLIGHT = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+
+
+def test_cors_answers_preflights_and_marks_answers_for_allowed_origins(llm):
+    """By default pages on loopback origins may call the API (a preflight is answered,
+    every answer carries Access-Control-Allow-Origin, errors included, so the page can
+    read them), other sites' pages may not."""
+    with serve_in_thread(create_app(llm, Options(log=False, api_key="k", n_predict=2))) as url:
+        local = "http://localhost:3000"
+        r = httpx.options(url + "/v1/chat/completions", headers={**PREFLIGHT, "Origin": local})
+        assert r.status_code in (200, 204)
+        assert r.headers["access-control-allow-origin"] == local
+        assert "POST" in r.headers["access-control-allow-methods"]
+        assert "authorization" in r.headers["access-control-allow-headers"].lower()
+        ok = post(url + "/v1/completions", {"prompt": PROMPT, "max_tokens": 1},
+                  headers={"Origin": local, "Authorization": "Bearer k"})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == local
+        denied = post(url + "/v1/completions", {"prompt": PROMPT}, headers={"Origin": "http://127.0.0.1:5173"})
+        assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == "http://127.0.0.1:5173"
+        foreign = httpx.options(url + "/v1/chat/completions", headers={**PREFLIGHT, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in foreign.headers
+        assert "access-control-allow-origin" not in httpx.get(url + "/health", headers={"Origin": "https://evil.example"}).headers
+
+
+@pytest.mark.parametrize("origins, origin, allowed", [
+    ("*", "https://app.example.org", "*"),
+    ("https://app.example.org,chrome-extension://abc", "chrome-extension://abc", "chrome-extension://abc"),
+    ("https://app.example.org", "https://other.example.org", None),
+    ("none", "http://localhost:3000", None),
+])
+def test_cors_origins_flag(llm, origins, origin, allowed):
+    with serve_in_thread(create_app(llm, Options(log=False, cors_origins=origins))) as url:
+        r = httpx.options(url + "/v1/chat/completions", headers={**PREFLIGHT, "Origin": origin})
+        assert r.status_code in (200, 204) and r.headers.get("access-control-allow-origin") == allowed
+        assert httpx.get(url + "/props", headers={"Origin": origin}).headers.get("access-control-allow-origin") == allowed
+
+
+def test_cors_origins_flag_is_parsed():
+    from runner.args import parse_args
+    args = parse_args(["--server", "--cors-origins", "*"])
+    assert Options.from_args(args).cors_origins == "*"
+    assert Options.from_args(parse_args(["--server"])).cors_origins == "localhost"

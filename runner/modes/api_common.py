@@ -74,6 +74,7 @@ class Options:
     max_connections: int = 512           # then new ones replace the longest idle (limits.py)
     max_body: int = 100 << 20            # bytes of a request body (a few images as base64)
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback ones (origin.py)
+    cors_origins: str = "localhost"      # other origins whose pages may call the API (origin.CorsPolicy)
 
     @classmethod
     def from_args(cls, args) -> Options:
@@ -82,7 +83,8 @@ class Options:
                    pooling=args.pooling,
                    nobrowser=args.nobrowser, log=not args.log_disable, sampling=sampling_from_args(args),
                    n_predict=args.n_predict, model_path=args.model or "", timeout=args.timeout,
-                   allowed_hosts=tuple(n for arg in args.allowed_hosts for n in arg.split(",")))
+                   allowed_hosts=tuple(n for arg in args.allowed_hosts for n in arg.split(",")),
+                   cors_origins=args.cors_origins)
 
 
 class State:

@@ -1,7 +1,7 @@
 """--server: the web page and an OpenAI-compatible API on FastAPI/uvicorn.
 
     gemma-runner --server [--host 127.0.0.1] [--port 8080] [--nobrowser] [--api-key KEY] [-np N]
-                          [--allowed-hosts NAME,...] [--timeout S]
+                          [--allowed-hosts NAME,...] [--cors-origins ORIGINS] [--timeout S]
 
 Routes: GET / (the page, runner/web/), /health, /v1/models, /props, /slots, /metrics;
 POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages,
@@ -45,7 +45,7 @@ from starlette.staticfiles import StaticFiles
 from . import anthropic_api, embeddings_api, llama_api, openai_api, responses_api
 from .api_common import APIError, Options, State, error_body, model_id
 from .limits import BodyReader, uvicorn_config
-from .origin import HostCheck, is_json
+from .origin import CorsPolicy, HostCheck, is_json
 from .slots import SlotPool
 
 WEB = Path(__file__).resolve().parent.parent / "web"
@@ -100,9 +100,10 @@ def create_app(llm, options: Options | object | None = None) -> FastAPI:
     app = FastAPI(title="gemma-runner", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.gemma = state
     # Starlette wraps the last added middleware around the rest. Guard is the outermost one
-    # that answers requests (a CORS middleware goes before it, so that preflights pass the
-    # Host check first); ErrorShape, outside it, answers nothing and only rewrites the
-    # error bodies of Anthropic's routes, Guard's 401 and 503 included.
+    # that answers requests, CORS included (so that preflights pass the Host check first
+    # and its own error answers carry the CORS headers); ErrorShape, outside it, answers
+    # nothing and only rewrites the error bodies of Anthropic's routes, Guard's 401 and
+    # 503 included.
     app.add_middleware(Guard, state=state)
     app.add_middleware(anthropic_api.ErrorShape)
 
@@ -124,14 +125,17 @@ def create_app(llm, options: Options | object | None = None) -> FastAPI:
 
 class Guard:
     """ASGI middleware (plain, so streams and disconnects pass through untouched), in this
-    order: the Host check against DNS rebinding (origin.py; 403), the API key (401; not
-    for CORS preflights, which carry no credentials), a JSON content type on POST (415),
-    503 while loading, bounds on the request body (limits.BodyReader), a clean answer
-    for unexpected exceptions, request counts."""
+    order: the Host check against DNS rebinding (origin.py; 403), CORS (the
+    Access-Control-Allow-Origin header on every answer after it, for the origins
+    --cors-origins allows; OPTIONS preflights answered here, without credentials), the
+    API key (401), a JSON content type on POST (415), 503 while loading, bounds on the
+    request body (limits.BodyReader), a clean answer for unexpected exceptions, request
+    counts."""
 
     def __init__(self, app, state: State):
         self.app, self.state = app, state
         self.hosts = HostCheck(state.options.host, state.options.allowed_hosts)
+        self.cors = CorsPolicy(state.options.cors_origins)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -147,7 +151,16 @@ class Guard:
                                         f"to a loopback address and answers to localhost, 127.0.0.1 and [::1] "
                                         f"(--allowed-hosts adds names)", "permission_error",
                                         "host_not_allowed")(scope, receive, send)
-        public = path in PUBLIC or path.startswith("/web/") or method == "OPTIONS"
+        origin = header(scope, b"origin")
+        if method == "OPTIONS":                      # a CORS preflight: no credentials, no body
+            state.metrics.request(counted, 204)
+            allowed = self.cors.preflight(origin, header(scope, b"access-control-request-headers"))
+            return await send_headers(Response(status_code=204, headers={"Allow": CorsPolicy.METHODS}),
+                                      allowed)(scope, receive, send)
+        cors = self.cors.headers(origin)
+        if cors:
+            send = with_headers(send, cors)
+        public = path in PUBLIC or path.startswith("/web/")
         key = state.options.api_key
         if key and not public and not authorized(scope, key):
             state.metrics.request(counted, 401)
@@ -194,6 +207,20 @@ class Guard:
                           f"{traceback.format_exc().rstrip()}")
         route = scope.get("route")
         state.metrics.request(getattr(route, "path", None) or "other", status or 0)
+
+
+def with_headers(send, extra: list[tuple[bytes, bytes]]):
+    """`send` that adds `extra` headers to the response."""
+    async def wrapped(message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+    return wrapped
+
+
+def send_headers(response: Response, extra: list[tuple[bytes, bytes]]) -> Response:
+    response.raw_headers.extend(extra)
+    return response
 
 
 def header(scope, name: bytes) -> str | None:

@@ -123,3 +123,26 @@ def test_cors_origins_flag_is_parsed():
     args = parse_args(["--server", "--cors-origins", "*"])
     assert Options.from_args(args).cors_origins == "*"
     assert Options.from_args(parse_args(["--server"])).cors_origins == "localhost"
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+def test_completions_without_v1_is_the_native_completion(base):
+    """llama-server routes POST /completions to /completion's handler (its shape), and
+    only /v1/completions to OpenAI's."""
+    body = {"prompt": PROMPT, "n_predict": 3, "temperature": 0}
+    native = post(base + "/completion", body).json()
+    alias = post(base + "/completions", body).json()
+    assert alias["content"] == native["content"] and alias["stop"] is True and "choices" not in alias
+    assert "choices" in post(base + "/v1/completions", {"prompt": PROMPT, "max_tokens": 3}).json()
+
+
+def test_health_routes_are_public_and_models_need_the_key(llm):
+    """llama-server's public routes under --api-key are /health and /v1/health (its
+    /models and /v1/models need the key, as here)."""
+    with serve_in_thread(create_app(llm, Options(log=False, api_key="k"))) as url:
+        for path in ("/health", "/v1/health"):
+            assert httpx.get(url + path).json() == {"status": "ok"}
+        for path in ("/models", "/v1/models"):
+            assert httpx.get(url + path).status_code == 401
+            assert httpx.get(url + path, headers={"Authorization": "Bearer k"}).json()["data"]

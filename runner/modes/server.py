@@ -5,7 +5,8 @@
 
 Routes: GET / (the page, runner/web/), /health, /v1/models, /props, /slots, /metrics;
 POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages,
-/v1/messages/count_tokens, /completion, /embedding, /tokenize, /detokenize.
+/v1/messages/count_tokens, /completion, /embedding, /tokenize, /detokenize. Without /v1,
+each path is llama-server's alias: /completions is /completion (llama.cpp's shape).
 
 The API answers in OpenAI's error shape: 400 for anything wrong in a request, 401 for a
 missing or wrong key (with --api-key: every route but the page and /health), 403 for a
@@ -49,8 +50,8 @@ from .origin import CorsPolicy, HostCheck, is_json
 from .slots import SlotPool
 
 WEB = Path(__file__).resolve().parent.parent / "web"
-PUBLIC = ("/", "/health", "/favicon.ico")          # never behind the API key
-KNOWN = ("/v1/chat/completions", "/v1/completions", "/completion", "/tokenize", "/detokenize", "/v1/models",
+PUBLIC = ("/", "/health", "/v1/health", "/favicon.ico")     # never behind the API key (llama-server's too)
+KNOWN = ("/v1/chat/completions", "/v1/completions", "/completion", "/completions", "/tokenize", "/detokenize", "/v1/models",
          "/props", "/slots", "/metrics", "/v1/embeddings", "/embedding", "/embeddings", "/v1/responses",
          "/v1/messages", "/v1/messages/count_tokens")   # paths counted by name when refused
 INPUT_ERRORS = (ValueError, TypeError, LookupError, ArithmeticError, UnicodeError, RecursionError)
@@ -263,6 +264,7 @@ def loading_response(state: State) -> Response:
 
 def install_routes(app: FastAPI, state: State) -> None:
     @app.get("/health")
+    @app.get("/v1/health")
     async def health() -> Response:
         if state.llm is None:
             return loading_response(state)
@@ -283,7 +285,6 @@ def install_routes(app: FastAPI, state: State) -> None:
         return await openai_api.chat_completions(state, request)
 
     @app.post("/v1/completions")
-    @app.post("/completions")
     async def completions(request: Request) -> Response:
         return await openai_api.completions(state, request)
 
@@ -310,6 +311,7 @@ def install_routes(app: FastAPI, state: State) -> None:
         return await anthropic_api.count_tokens(state, request)
 
     @app.post("/completion")
+    @app.post("/completions")                        # llama-server's alias of /completion, not of /v1/completions
     async def completion(request: Request) -> Response:
         return await llama_api.completion(state, request)
 

@@ -4,6 +4,8 @@ shapes, public routes, error bodies, CORS, the context per slot, --alias, n choi
 test_security.py, test_chat_completion.py, ...), on the tiny random model."""
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -146,3 +148,56 @@ def test_health_routes_are_public_and_models_need_the_key(llm):
         for path in ("/models", "/v1/models"):
             assert httpx.get(url + path).status_code == 401
             assert httpx.get(url + path, headers={"Authorization": "Bearer k"}).json()["data"]
+
+
+# -- response shapes ------------------------------------------------------------------------
+
+SAMPLING = ("seed", "temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n", "repeat_penalty",
+            "presence_penalty", "frequency_penalty", "n_predict", "max_tokens", "ignore_eos", "n_probs", "samplers")
+
+
+def test_props_nest_the_default_settings_in_params(llm, base):
+    settings = httpx.get(base + "/props").json()["default_generation_settings"]
+    assert set(settings) == {"params", "n_ctx"} and settings["n_ctx"] == llm.n_ctx
+    params = settings["params"]
+    assert set(SAMPLING) <= set(params)
+    assert params["n_predict"] == params["max_tokens"] == 8 and params["seed"] == -1
+
+
+def test_completion_reports_the_request_s_settings_and_shape(llm, base):
+    body = {"prompt": PROMPT, "n_predict": 5, "temperature": 0.5, "top_k": 7, "seed": 3, "ignore_eos": True,
+            "logit_bias": [[11, -2.5], [12, False]], "stop": ["zzz"], "repeat_penalty": 1.1}
+    r = post(base + "/completion", body).json()
+    g = r["generation_settings"]
+    assert set(SAMPLING) <= set(g)
+    assert (g["n_predict"], g["temperature"], g["top_k"], g["seed"], g["repeat_penalty"]) == (5, 0.5, 7, 3, 1.1)
+    assert g["ignore_eos"] is True and g["stop"] == ["zzz"]
+    assert g["logit_bias"] == [{"bias": -2.5, "token": 11}, {"bias": None, "token": 12}]
+    assert r["tokens"] == [] and isinstance(r["has_new_line"], bool) and r["prompt"] == PROMPT
+    with_tokens = post(base + "/completion", {**body, "return_tokens": True}).json()
+    assert len(with_tokens["tokens"]) == with_tokens["tokens_predicted"] == 5
+    assert with_tokens["has_new_line"] == ("\n" in with_tokens["content"])
+    assert post(base + "/completion", {"prompt": PROMPT}).json()["generation_settings"]["n_predict"] == 8
+
+
+def test_completion_stream_ends_with_the_settings(base):
+    with httpx.stream("POST", base + "/completion", timeout=60,
+                      json={"prompt": PROMPT, "n_predict": 4, "stream": True, "temperature": 0}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    last = events[-1]
+    assert last["stop"] is True and isinstance(last["has_new_line"], bool)
+    assert last["generation_settings"]["n_predict"] == 4 and last["generation_settings"]["stream"] is True
+    assert all(e["tokens"] for e in events[:-1])
+
+
+@pytest.mark.parametrize("path, body", [("/v1/chat/completions", {"messages": CHAT}),
+                                        ("/v1/completions", {"prompt": PROMPT})])
+def test_stream_timings_come_on_the_last_chunk(base, path, body):
+    for with_usage in (False, True):
+        extra = {"stream_options": {"include_usage": True}} if with_usage else {}
+        with httpx.stream("POST", base + path, timeout=60,
+                          json={**body, "max_tokens": 3, "stream": True, **extra}) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        timed = [i for i, c in enumerate(chunks) if "timings" in c]
+        assert timed == [len(chunks) - 1], with_usage
+        assert ("usage" in chunks[-1] and chunks[-1]["usage"] is not None) == with_usage

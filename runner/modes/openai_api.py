@@ -39,6 +39,14 @@ def include_usage(f: Fields) -> bool:
     return f.boolean("stream", False) and (f.obj("stream_options") or {}).get("include_usage") is True
 
 
+def last_chunks(h: dict, finish: dict, r: Result, with_usage: bool) -> list[dict]:
+    """A stream's end: the chunk with the finish reason, then the usage chunk if asked
+    for; llama.cpp's `timings` on the last of them, as llama-server sends it."""
+    chunks = [finish] + ([{**h, "choices": [], "usage": usage(r)}] if with_usage else [])
+    chunks[-1] = {**chunks[-1], "timings": r.timings()}
+    return chunks
+
+
 # -- /v1/chat/completions -------------------------------------------------------------------
 
 def chat_logprob(tokenizer, t: Token) -> dict:
@@ -93,8 +101,7 @@ async def chat_completions(state: State, request: Request) -> Response:
             lp = logprobs([v]) if v.id >= 0 else None
             return [chunk({"content": v.text}, lp=lp)] if v.text or lp else []
         if kind == "done":
-            return [{**chunk({}, v.finish_reason), "timings": v.timings()}] + \
-                ([{**h, "choices": [], "usage": usage(v)}] if with_usage else [])
+            return last_chunks(h, chunk({}, v.finish_reason), v, with_usage)
         return []
 
     return stream(state, job, render, opening=[chunk({"role": "assistant", "content": ""})])
@@ -181,8 +188,7 @@ async def completions(state: State, request: Request) -> Response:
                 lps.add(v.id, v.logprob, v.top_logprobs)
             return [chunk(v.text, lps.take() if n_lp is not None else None)] if v.text or n_lp is not None else []
         if kind == "done":
-            return [{**chunk("", None, v.finish_reason), "timings": v.timings()}] + \
-                ([{**h, "choices": [], "usage": usage(v)}] if with_usage else [])
+            return last_chunks(h, chunk("", None, v.finish_reason), v, with_usage)
         return []
 
     opening = [chunk(prompt_text)] if echo and job.prompt_logprobs is None else []

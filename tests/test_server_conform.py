@@ -201,3 +201,26 @@ def test_stream_timings_come_on_the_last_chunk(base, path, body):
         timed = [i for i, c in enumerate(chunks) if "timings" in c]
         assert timed == [len(chunks) - 1], with_usage
         assert ("usage" in chunks[-1] and chunks[-1]["usage"] is not None) == with_usage
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+def test_two_assistant_messages_at_the_end_are_a_400(base):
+    messages = CHAT + [{"role": "assistant", "content": "Apples."}, {"role": "assistant", "content": "Pears."}]
+    r = post(base + "/v1/chat/completions", {"messages": messages, "max_tokens": 2})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == "messages" and "assistant" in err["message"]
+
+
+def test_a_prompt_over_the_context_says_n_prompt_tokens_and_n_ctx(llm, base):
+    prompt = "word " * (llm.n_ctx + 10)
+    n = len(llm.tokenize(prompt))
+    for path, body in (("/v1/completions", {"prompt": prompt, "max_tokens": 1}),
+                       ("/completion", {"prompt": prompt, "n_predict": 1}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": prompt}]})):
+        r = post(base + path, body)
+        assert r.status_code == 400, path
+        err = r.json()["error"]
+        assert err["code"] == "context_length_exceeded" and err["type"] == "invalid_request_error"
+        assert err["n_ctx"] == llm.n_ctx and err["n_prompt_tokens"] >= n, path

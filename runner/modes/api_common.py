@@ -39,12 +39,15 @@ class APIError(Exception):
     """An error for the client: status and OpenAI's error body."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, extra: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.extra = extra or {}                   # more fields of the error object (llama-server's)
 
     def body(self) -> dict:
-        return error_body(self.message, self.type, self.param, self.code)
+        body = error_body(self.message, self.type, self.param, self.code)
+        body["error"].update(self.extra)
+        return body
 
 
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
@@ -395,10 +398,16 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # -- a request's prompt and job -------------------------------------------------------------
 
 def check_context(state: State, prompt: Prompt, param: str) -> None:
+    """A 400 for a prompt the context cannot hold, with OpenAI's code and llama-server's
+    n_prompt_tokens and n_ctx (its exceed_context_size_error)."""
+    engine = state.llm.engine
     try:
-        state.llm.engine.check_fits(prompt)
+        engine.check_fits(prompt)
     except ContextError as e:
-        raise bad(f"'{param}': {e}", param, "context_length_exceeded" if len(prompt) else None) from None
+        if not len(prompt):
+            raise bad(f"'{param}': {e}", param) from None
+        raise APIError(400, f"'{param}': {e}", param=param, code="context_length_exceeded",
+                       extra={"n_prompt_tokens": len(prompt), "n_ctx": engine.n_ctx}) from None
 
 
 def completion_prompt(state: State, f: Fields, name: str = "prompt") -> tuple[Prompt, str | None, bool]:

@@ -224,3 +224,22 @@ def test_a_prompt_over_the_context_says_n_prompt_tokens_and_n_ctx(llm, base):
         err = r.json()["error"]
         assert err["code"] == "context_length_exceeded" and err["type"] == "invalid_request_error"
         assert err["n_ctx"] == llm.n_ctx and err["n_prompt_tokens"] >= n, path
+
+
+# -- the context per slot -------------------------------------------------------------------
+
+def test_ctx_size_is_divided_among_the_slots(tiny_path):
+    """`--server -c 1024 -np 2`, as llama-server: each slot holds 512 tokens, /props and
+    /slots say so, and a prompt of more than 512 tokens is refused with those numbers."""
+    from runner.__main__ import load_model
+    from runner.args import parse_args
+    args = parse_args(["--server", "-m", str(tiny_path), "-c", "1024", "-np", "2", "--log-disable", "-t", "2"])
+    llm = load_model(args)
+    with serve_in_thread(create_app(llm, Options.from_args(args))) as url:
+        assert [s["n_ctx"] for s in httpx.get(url + "/slots").json()] == [512, 512]
+        assert httpx.get(url + "/props").json()["default_generation_settings"]["n_ctx"] == 512
+        prompt = llm.tokenize("word " * 600)
+        r = post(url + "/completion", {"prompt": prompt, "n_predict": 1})
+        assert r.status_code == 400 and r.json()["error"]["n_ctx"] == 512
+        assert post(url + "/completion", {"prompt": prompt[:300], "n_predict": 2}).status_code == 200
+    assert load_model(parse_args(["-m", str(tiny_path), "-c", "1024", "-np", "2", "--log-disable"])).n_ctx == 1024

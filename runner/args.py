@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bound to a loopback address, the server answers only requests naming it "
                           "localhost, 127.0.0.1 or [::1] (against DNS rebinding); these Host names too "
                           "('.example.org' with its subdomains, '*' any)")
+    srv.add_argument("-a", "--alias", metavar="NAME",
+                     help="the model's id in the API (/v1/models and replies; default: from its name)")
     srv.add_argument("--cors-origins", default="localhost", metavar="ORIGINS",
                      help="pages from which other origins may call the API (CORS): 'localhost' (default: "
                           "pages served from a loopback origin), '*' any (llama-server's default; any web "

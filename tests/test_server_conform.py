@@ -243,3 +243,16 @@ def test_ctx_size_is_divided_among_the_slots(tiny_path):
         assert r.status_code == 400 and r.json()["error"]["n_ctx"] == 512
         assert post(url + "/completion", {"prompt": prompt[:300], "n_predict": 2}).status_code == 200
     assert load_model(parse_args(["-m", str(tiny_path), "-c", "1024", "-np", "2", "--log-disable"])).n_ctx == 1024
+
+
+# -- smaller things -------------------------------------------------------------------------
+
+def test_alias_names_the_model_everywhere(llm):
+    from runner.args import parse_args
+    assert Options.from_args(parse_args(["--server", "--alias", "my-gemma"])).alias == "my-gemma"
+    with serve_in_thread(create_app(llm, Options(log=False, n_predict=2, alias="my-gemma"))) as url:
+        assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == ["my-gemma"]
+        assert httpx.get(url + "/props").json()["model_alias"] == "my-gemma"
+        assert post(url + "/v1/chat/completions", {"messages": CHAT}).json()["model"] == "my-gemma"
+        assert post(url + "/v1/completions", {"prompt": PROMPT}).json()["model"] == "my-gemma"
+        assert post(url + "/completion", {"prompt": PROMPT}).json()["model"] == "my-gemma"

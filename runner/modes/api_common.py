@@ -78,6 +78,7 @@ class Options:
     max_body: int = 100 << 20            # bytes of a request body (a few images as base64)
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback ones (origin.py)
     cors_origins: str = "localhost"      # other origins whose pages may call the API (origin.CorsPolicy)
+    alias: str | None = None             # the model's id in the API (--alias); None: from its name
 
     @classmethod
     def from_args(cls, args) -> Options:
@@ -87,7 +88,7 @@ class Options:
                    nobrowser=args.nobrowser, log=not args.log_disable, sampling=sampling_from_args(args),
                    n_predict=args.n_predict, model_path=args.model or "", timeout=args.timeout,
                    allowed_hosts=tuple(n for arg in args.allowed_hosts for n in arg.split(",")),
-                   cors_origins=args.cors_origins)
+                   cors_origins=args.cors_origins, alias=args.alias)
 
 
 class State:
@@ -103,6 +104,11 @@ class State:
         self._json_vocab = None
         self._json_lock = threading.Lock()
         self._prompt_lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        """The model's id in /v1/models and replies: --alias, else from its name."""
+        return self.options.alias or model_id(self.llm)
 
     def log(self, message: str) -> None:
         if self.options.log:

@@ -13,7 +13,7 @@ from .. import __version__
 from ..generation import Result
 from ..sampling import OPTIONS, SamplingParams
 from .api_common import (MAX_LOGPROBS, Fields, State, bad, collect, completion_prompt, finite, max_tokens,
-                         model_id, parse_json, request_job, stream, token_piece)
+                         parse_json, request_job, stream, token_piece)
 
 
 def probs_entry(tokenizer, tok: int, lp: float, top) -> dict:
@@ -52,7 +52,7 @@ async def completion(state: State, request: Request) -> Response:
                             "prompt")
     n_probs = f.integer("n_probs", 0, 0, MAX_LOGPROBS)
     job.logprobs = n_probs if n_probs > 0 else None
-    model, streamed, return_tokens = model_id(llm), f.boolean("stream", False), f.boolean("return_tokens", False)
+    model, streamed, return_tokens = state.model_id, f.boolean("stream", False), f.boolean("return_tokens", False)
     used = generation_settings(state, job.params, job.max_tokens, job.stop, job.ignore_eos, streamed, n_probs)
     if prompt_text is None:
         prompt_text = await run_in_threadpool(llm.detokenize, prompt.tokens)
@@ -118,7 +118,8 @@ def props(state: State) -> dict:
     settings = {"params": generation_settings(state, o.sampling, o.n_predict, full=False),
                 "n_ctx": state.pool.slots[0].engine.n_ctx}          # a slot's context (llama-server's n_ctx_slot)
     return {"default_generation_settings": settings, "total_slots": len(state.pool.slots),
-            "model": model_id(llm), "model_name": llm.name, "model_path": state.options.model_path,
+            "model": state.model_id, "model_alias": state.model_id, "model_name": llm.name,
+            "model_path": state.options.model_path,
             "n_ctx": llm.n_ctx, "n_vocab": llm.n_vocab,
             "chat_template": llm.chat_format.template or "gemma (built in)",
             "has_chat_template": bool(llm.has_chat_template),

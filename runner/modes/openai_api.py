@@ -19,7 +19,7 @@ from ..chat import ChatError
 from ..engine import Prompt
 from ..generation import Result, Token
 from .api_common import (MAX_LOGPROBS, Fields, State, bad, collect, completion_prompt, finite, max_tokens,
-                         model_id, new_id, parse_json, request_job, stream, token_piece)
+                         new_id, parse_json, request_job, stream, token_piece)
 
 FINGERPRINT = "gemma-runner"
 
@@ -31,7 +31,7 @@ def usage(r: Result) -> dict:
 
 
 def head(state: State, kind: str, prefix: str) -> dict:
-    return {"id": new_id(prefix), "object": kind, "created": int(time.time()), "model": model_id(state.llm),
+    return {"id": new_id(prefix), "object": kind, "created": int(time.time()), "model": state.model_id,
             "system_fingerprint": FINGERPRINT}
 
 

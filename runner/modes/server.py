@@ -44,7 +44,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.staticfiles import StaticFiles
 
 from . import anthropic_api, embeddings_api, llama_api, openai_api, responses_api
-from .api_common import APIError, Options, State, error_body, model_id
+from .api_common import APIError, Options, State, error_body
 from .limits import BodyReader, uvicorn_config
 from .origin import CorsPolicy, HostCheck, is_json
 from .slots import SlotPool
@@ -275,7 +275,7 @@ def install_routes(app: FastAPI, state: State) -> None:
     async def models() -> Response:
         llm = state.llm
         return JSONResponse({"object": "list", "data": [{
-            "id": model_id(llm), "object": "model", "created": state.started,
+            "id": state.model_id, "object": "model", "created": state.started,
             "owned_by": "gemma-runner",
             "meta": {"name": llm.name, "n_ctx": llm.n_ctx, "n_vocab": llm.n_vocab}}]})
 

@@ -256,3 +256,13 @@ def test_alias_names_the_model_everywhere(llm):
         assert post(url + "/v1/chat/completions", {"messages": CHAT}).json()["model"] == "my-gemma"
         assert post(url + "/v1/completions", {"prompt": PROMPT}).json()["model"] == "my-gemma"
         assert post(url + "/completion", {"prompt": PROMPT}).json()["model"] == "my-gemma"
+
+
+def test_apply_template_returns_the_chat_prompt(llm, base):
+    messages = [{"role": "system", "content": "Be brief."}, *CHAT]
+    r = post(base + "/apply-template", {"messages": messages})
+    assert r.status_code == 200
+    prompt = r.json()["prompt"]
+    assert "Be brief." in prompt and "Name three fruits." in prompt
+    assert llm.tokenize(prompt, add_bos=False) == llm.chat_prompt(messages).tokens
+    assert post(base + "/apply-template", {"messages": []}).status_code == 400

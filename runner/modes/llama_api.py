@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import __version__
+from ..chat import ChatError, render
 from ..generation import Result
 from ..sampling import OPTIONS, SamplingParams
 from .api_common import (MAX_LOGPROBS, Fields, State, bad, collect, completion_prompt, finite, max_tokens,
@@ -104,6 +105,20 @@ async def tokenize(state: State, request: Request) -> Response:
     if not f.boolean("with_pieces", False):
         return JSONResponse({"tokens": ids})
     return JSONResponse({"tokens": [{"id": i, "piece": token_piece(llm.tokenizer, i)[0]} for i in ids]})
+
+
+async def apply_template(state: State, request: Request) -> Response:
+    """llama-server's POST /apply-template: the chat prompt `messages` make, as text
+    (an image as <start_of_image>), without generating."""
+    f = Fields(parse_json(await request.body()))
+    messages = f.raw("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad("'messages' must be a non-empty array of messages", "messages")
+    try:
+        pieces = await run_in_threadpool(render, messages, state.llm.chat_template)
+    except (ChatError, ValueError, TypeError) as e:
+        raise bad(f"messages: {e}", "messages") from None
+    return JSONResponse({"prompt": "".join(p if isinstance(p, str) else "<start_of_image>" for p in pieces)})
 
 
 async def detokenize(state: State, request: Request) -> Response:

@@ -5,7 +5,7 @@
 
 Routes: GET / (the page, runner/web/), /health, /v1/models, /props, /slots, /metrics;
 POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages,
-/v1/messages/count_tokens, /completion, /embedding, /tokenize, /detokenize. Without /v1,
+/v1/messages/count_tokens, /completion, /embedding, /tokenize, /detokenize, /apply-template. Without /v1,
 each path is llama-server's alias: /completions is /completion (llama.cpp's shape).
 
 The API answers in OpenAI's error shape: 400 for anything wrong in a request, 401 for a
@@ -51,7 +51,7 @@ from .slots import SlotPool
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 PUBLIC = ("/", "/health", "/v1/health", "/favicon.ico")     # never behind the API key (llama-server's too)
-KNOWN = ("/v1/chat/completions", "/v1/completions", "/completion", "/completions", "/tokenize", "/detokenize", "/v1/models",
+KNOWN = ("/v1/chat/completions", "/v1/completions", "/completion", "/completions", "/apply-template", "/tokenize", "/detokenize", "/v1/models",
          "/props", "/slots", "/metrics", "/v1/embeddings", "/embedding", "/embeddings", "/v1/responses",
          "/v1/messages", "/v1/messages/count_tokens")   # paths counted by name when refused
 INPUT_ERRORS = (ValueError, TypeError, LookupError, ArithmeticError, UnicodeError, RecursionError)
@@ -318,6 +318,10 @@ def install_routes(app: FastAPI, state: State) -> None:
     @app.post("/tokenize")
     async def tokenize(request: Request) -> Response:
         return await llama_api.tokenize(state, request)
+
+    @app.post("/apply-template")
+    async def apply_template(request: Request) -> Response:
+        return await llama_api.apply_template(state, request)
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> Response:

@@ -135,7 +135,8 @@ class Metrics:
             ]
         out = []
         for name, kind, help_, v in llamacpp:
-            out += [f"# HELP llamacpp:{name} {help_}", f"# TYPE llamacpp:{name} {kind}", f"llamacpp:{name} {_number(v)}"]
+            out += [f"# HELP llamacpp:{name} {help_}", f"# TYPE llamacpp:{name} {kind}",
+                    f"llamacpp:{name} {_number(v)}"]
         for name, kind, help_, samples in ours:
             out += [f"# HELP gemma_runner_{name} {help_}", f"# TYPE gemma_runner_{name} {kind}"]
             for labels, v in samples:

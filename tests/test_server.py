@@ -241,7 +241,7 @@ def test_malformed_json_and_wrong_types_are_400(base):
     ({"stop": [1, 2]}, "stop"),
     ({"logit_bias": {"x": 1}}, "logit_bias"),
     ({"logit_bias": {"5": 300}}, "logit_bias"),
-    ({"n": 2}, None),
+    ({"n": 0}, "n"),
     ({"response_format": {"type": "xml"}}, "response_format"),
     ({"messages": [{"role": "robot", "content": "hi"}]}, "messages"),
     ({"messages": "hi"}, "messages"),

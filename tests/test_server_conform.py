@@ -268,3 +268,35 @@ def test_apply_template_returns_the_chat_prompt(llm, base):
     assert "Be brief." in prompt and "Name three fruits." in prompt
     assert llm.tokenize(prompt, add_bos=False) == llm.chat_prompt(messages).tokens
     assert post(base + "/apply-template", {"messages": []}).status_code == 400
+
+
+@pytest.mark.parametrize("path, body", [("/v1/chat/completions", {"messages": CHAT}),
+                                        ("/v1/completions", {"prompt": PROMPT})])
+def test_n_choices(base, path, body):
+    """`n` replies: each its own generation (seed + i: they differ, and reproduce), the
+    usage counts the prompt once; greedy replies are all the same; streamed, each
+    choice's chunks carry its index and the usage comes once at the end."""
+    def text(c: dict) -> str:
+        return c["message"]["content"] if "message" in c else c["text"]
+    body = {**body, "max_tokens": 6, "ignore_eos": True}
+    sampled = post(base + path, {**body, "n": 3, "temperature": 1.5, "top_k": 0, "seed": 7}).json()
+    assert [c["index"] for c in sampled["choices"]] == [0, 1, 2]
+    assert len({text(c) for c in sampled["choices"]}) > 1
+    assert [text(c) for c in post(base + path, {**body, "n": 3, "temperature": 1.5, "top_k": 0,
+                                                 "seed": 7}).json()["choices"]] == [text(c) for c in sampled["choices"]]
+    one = post(base + path, {**body, "temperature": 0}).json()
+    greedy = post(base + path, {**body, "n": 2, "temperature": 0}).json()
+    assert [text(c) for c in greedy["choices"]] == [text(one["choices"][0])] * 2
+    assert greedy["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"]
+    assert greedy["usage"]["completion_tokens"] == 2 * one["usage"]["completion_tokens"]
+    with httpx.stream("POST", base + path, timeout=60, json={**body, "n": 2, "temperature": 0, "stream": True,
+                                                           "stream_options": {"include_usage": True}}) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    streamed = ["", ""]
+    for c in chunks:
+        for choice in c["choices"]:
+            streamed[choice["index"]] += choice["delta"].get("content") or "" if "delta" in choice else choice["text"]
+    assert streamed == [text(one["choices"][0])] * 2
+    assert [c["usage"]["completion_tokens"] for c in chunks if c.get("usage")] == [2 * one["usage"]["completion_tokens"]]
+    assert sum(1 for c in chunks for ch in c["choices"] if ch["finish_reason"]) == 2
+    assert post(base + path, {**body, "n": 17}).status_code == 400

@@ -52,8 +52,8 @@ from .slots import SlotPool
 WEB = Path(__file__).resolve().parent.parent / "web"
 PUBLIC = ("/", "/health", "/v1/health", "/favicon.ico")     # never behind the API key (llama-server's too)
 KNOWN = ("/v1/chat/completions", "/v1/completions", "/completion", "/completions", "/apply-template", "/tokenize",
-         "/detokenize", "/v1/models", "/props", "/slots", "/metrics", "/v1/embeddings", "/embedding", "/embeddings", "/v1/responses",
-         "/v1/messages", "/v1/messages/count_tokens")   # paths counted by name when refused
+         "/detokenize", "/v1/models", "/props", "/slots", "/metrics", "/v1/embeddings", "/embedding", "/embeddings",
+         "/v1/responses", "/v1/messages", "/v1/messages/count_tokens")   # paths counted by name when refused
 INPUT_ERRORS = (ValueError, TypeError, LookupError, ArithmeticError, UnicodeError, RecursionError)
 
 

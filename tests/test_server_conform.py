@@ -215,6 +215,20 @@ def test_two_assistant_messages_at_the_end_are_a_400(base):
     assert err["type"] == "invalid_request_error" and err["param"] == "messages" and "assistant" in err["message"]
 
 
+def test_a_final_assistant_message_is_continued(llm, base):
+    """An assistant prefill, as llama-server takes it: the reply continues the final
+    assistant message, whose turn the prompt leaves open (greedy: the same tokens as a
+    raw completion of that prompt)."""
+    messages = CHAT + [{"role": "assistant", "content": "Sure: apples,"}]
+    prompt = post(base + "/apply-template", {"messages": messages}).json()["prompt"]
+    assert prompt.endswith("<start_of_turn>model\nSure: apples,")
+    body = {"max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    chat = post(base + "/v1/chat/completions", {**body, "messages": messages}).json()
+    raw = post(base + "/v1/completions", {**body, "prompt": prompt}).json()
+    assert chat["choices"][0]["message"]["content"] == raw["choices"][0]["text"]
+    assert chat["usage"]["prompt_tokens"] == raw["usage"]["prompt_tokens"]
+
+
 def test_a_prompt_over_the_context_says_n_prompt_tokens_and_n_ctx(llm, base):
     prompt = "word " * (llm.n_ctx + 10)
     n = len(llm.tokenize(prompt))

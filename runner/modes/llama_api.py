@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import __version__
-from ..chat import ChatError, render
+from ..chat import ChatError, render_prefilled
 from ..generation import Result
 from ..sampling import OPTIONS, SamplingParams
 from .api_common import (MAX_LOGPROBS, Fields, State, bad, collect, completion_prompt, finite, max_tokens,
@@ -115,7 +115,7 @@ async def apply_template(state: State, request: Request) -> Response:
     if not isinstance(messages, list) or not messages:
         raise bad("'messages' must be a non-empty array of messages", "messages")
     try:
-        pieces = await run_in_threadpool(render, messages, state.llm.chat_template)
+        pieces = await run_in_threadpool(render_prefilled, messages, state.llm.chat_template)
     except (ChatError, ValueError, TypeError) as e:
         raise bad(f"messages: {e}", "messages") from None
     return JSONResponse({"prompt": "".join(p if isinstance(p, str) else "<start_of_image>" for p in pieces)})

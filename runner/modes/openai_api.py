@@ -76,9 +76,6 @@ async def chat_completions(state: State, request: Request) -> Response:
     messages = f.raw("messages")
     if not isinstance(messages, list) or not messages:
         raise bad("'messages' must be a non-empty array of messages", "messages")
-    if len(messages) >= 2 and all(isinstance(m, dict) and m.get("role") in ("assistant", "model")
-                                  for m in messages[-2:]):
-        raise bad("messages: cannot have 2 or more assistant messages at the end of the list", "messages")
     if f.raw("tools"):
         raise bad("tools (function calling) are not supported by this server", "tools")
     want_lp = f.boolean("logprobs", False)

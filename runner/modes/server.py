@@ -442,6 +442,9 @@ def run(llm, args, name: str = "") -> int:
     url = browse_url(options.host, port)
     print(f"{name or 'gemma-runner'}: serving the chat page at {url} and the OpenAI API at {url}v1 "
           f"({options.parallel} slot{'s' if options.parallel > 1 else ''}; Ctrl-C stops)", flush=True)
+    if CorsPolicy(options.cors_origins).any and not options.api_key:
+        app.state.gemma.log("warning: --cors-origins '*' without --api-key: any web page you visit can use "
+                            "this server")                # as llama-server warns
     config = uvicorn_config(app, options, log_level="info" if options.log else "critical", access_log=options.log,
                             timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)

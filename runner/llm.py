@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import model as M
-from .chat import ChatFormat, ImageRef, render, resolve_template
+from .chat import ChatFormat, ImageRef, render_prefilled, resolve_template
 from .engine import Engine, EngineConfig, check_memory
 from .generation import ImageSlot, Prompt, Result
 from .gguf import GGUFFile
@@ -160,8 +160,9 @@ class LLM:
 
     def chat_prompt(self, messages: list[dict], template: str | None = None) -> Prompt:
         """The prompt for `messages` under `template` (default: chat_template), with
-        exactly one BOS (added if the template does not write it)."""
-        pieces = render(messages, template or self.chat_template)
+        exactly one BOS (added if the template does not write it). A final assistant
+        message is continued (chat.render_prefilled)."""
+        pieces = render_prefilled(messages, template or self.chat_template)
         bos = self.tokenizer.token_text(self.tokenizer.bos_id)
         has_bos = bool(pieces) and isinstance(pieces[0], str) and pieces[0].startswith(bos)
         return self.build_prompt(pieces, add_bos=not has_bos)

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from ..chat import ChatError
 from ..engine import Prompt
 from ..generation import Result, Stop
-from .api_common import (APIError, Fields, State, bad, collect, model_id, parse_json, request_job, sampling_fields,
+from .api_common import (APIError, Fields, State, bad, collect, parse_json, request_job, sampling_fields,
                          sse_event, stream)
 
 PREFIX = "/v1/messages"
@@ -196,7 +196,7 @@ async def messages(state: State, request: Request) -> Response:
     prompt = await prompt_of(state, f)
     job = await request_job(state, sampling_fields(f, stop=stops), prompt, limit, "messages")
     head = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant",
-            "model": f.string("model") or model_id(state.llm)}
+            "model": f.string("model") or state.model_id}
 
     def ending(r: Result) -> dict:
         return {"stop_reason": stop_reason(r), "stop_sequence": r.stopping_word or None}

@@ -158,6 +158,18 @@ def test_a_body_against_its_schema_is_a_400_in_the_apis_shape(served, path, body
 
 
 @pytest.mark.fast
+def test_logit_bias_pairs_whose_key_is_not_a_number_are_one_line(served):
+    """[[null, 1]] made Fields.logit_bias call int(None): a 400 with a traceback in the log
+    (schemathesis found it)."""
+    base, lines = served
+    before = len(lines)
+    for key in (None, [5], {}):
+        r = httpx.post(base + "/v1/completions", json={"prompt": "x", "logit_bias": [[key, 1]]}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "logit_bias", r.text
+    assert not tracebacks(lines[before:]) and len(lines) - before == 3
+
+
+@pytest.mark.fast
 def test_integers_written_as_floats_still_generate(base):
     r = httpx.post(base + "/v1/completions", json={"prompt": "x", "max_tokens": 2.0, "temperature": 0}, timeout=60)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2

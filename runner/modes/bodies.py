@@ -6,7 +6,10 @@ Each model is as permissive as the API it copies (clients send fields of other v
 every model takes unknown fields; tools, tool_choice, response_format and the like are
 loosely typed) and typed where the adapters' own validation (api_common.Fields) rejects:
 types, number ranges, arrays. The models only reject: the adapters still read the raw
-JSON themselves, so the two checks may overlap but never disagree on what is accepted.
+JSON themselves, so the two checks overlap. What the models refuse, the adapters refuse
+too, except a few fields the adapters ignore but the APIs type (`model` on count_tokens
+must be a string, `parallel_tool_calls` true or false, `tool_choice` a string or an
+object).
 Types are strict (a number is not a string, 1 is not true), as Fields reads them,
 except that an integer may be written 5.0, as Fields and JSON Schema allow.
 
@@ -244,9 +247,8 @@ class CountTokensRequest(Body):
     model: Union[str, None] = None
     system: Union[one_of("a string or an array of text blocks", str, list[Object]), None] = None
     tools: Union[list[Object], None] = None
-    tool_choice: Union[Object, None] = None
+    tool_choice: Union[ToolChoice, None] = None
     output_config: Union[Object, None] = None
-    thinking: Union[Object, None] = None
 
 
 class MessagesRequest(Sampling, CountTokensRequest):

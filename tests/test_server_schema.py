@@ -90,6 +90,14 @@ def test_no_docs_page(base):
 
 
 @pytest.mark.fast
+def test_the_schema_is_behind_the_api_key_like_the_api(llm):
+    with serve_in_thread(create_app(llm, Options(log=False, api_key="k"))) as url:
+        assert httpx.get(url + "/openapi.json").status_code == 401
+        assert httpx.get(url + "/openapi.json", headers={"Authorization": "Bearer k"}).status_code == 200
+        assert httpx.get(url + "/openapi.json", headers={"Host": "evil.example"}).status_code == 403
+
+
+@pytest.mark.fast
 @pytest.mark.parametrize("model, body", [
     (bodies.ChatCompletionRequest, {"messages": [{"role": "tool", "tool_call_id": "c1", "content": "42"},
                                                  {"role": "assistant", "content": None, "tool_calls": [{}]}],

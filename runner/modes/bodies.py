@@ -285,8 +285,7 @@ class AnthropicErrorResponse(BaseModel):
     error: AnthropicErrorDetail
 
 
-REQUESTS = (ChatCompletionRequest, CompletionRequest, LlamaCompletionRequest, TokenizeRequest, DetokenizeRequest,
-            EmbeddingRequest, LlamaEmbeddingRequest, ResponsesRequest, MessagesRequest, CountTokensRequest)
+PUBLISHED: dict[str, type[BaseModel]] = {}      # the models route() refers to, by name
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -352,6 +351,7 @@ def route(model: type[BaseModel], *, anthropic: bool = False, listed: bool = Tru
     """A POST route's decorator arguments: its body's schema, its validation and its
     documented 400 (`listed` False: an alias left out of /openapi.json, still checked)."""
     error = AnthropicErrorResponse if anthropic else ErrorResponse
+    PUBLISHED[model.__name__] = model
     return {"dependencies": [Depends(validator(model))], "include_in_schema": listed,
             "openapi_extra": {"requestBody": {"required": True, "content": {
                 "application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}}}},
@@ -359,13 +359,13 @@ def route(model: type[BaseModel], *, anthropic: bool = False, listed: bool = Tru
 
 
 def publish(app: FastAPI) -> None:
-    """Add the request models to the app's OpenAPI components (route() refers to them)."""
-    _, defs = models_json_schema([(m, "validation") for m in REQUESTS], ref_template=REF)
+    """Add the request models that route() refers to to the app's OpenAPI components."""
     plain = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = plain()
+            _, defs = models_json_schema([(m, "validation") for m in PUBLISHED.values()], ref_template=REF)
             schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
         return app.openapi_schema
 

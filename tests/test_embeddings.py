@@ -33,6 +33,9 @@ def test_normalize_follows_llama_cpp_definitions():
     assert np.allclose(normalize(v, 0), [[3 * 32760 / 4, -32760, 0], [0, 0, 0]])  # int16 range
     assert np.allclose(normalize(v, 3), v / (27 + 64) ** (1 / 3))
     assert np.array_equal(normalize(v, -1), v)
+    # a large p: (|3|^p + |4|^p)^(1/p) -> 4 (the largest magnitude), no overflow to zeros
+    big = np.array([[300.0, -400.0, 0.0]], dtype=np.float32)
+    assert np.allclose(normalize(big, 1000), big / 400 / (1 + 0.75 ** 1000) ** 0.001)
 
 
 def test_packs_hold_at_most_a_batch():

@@ -310,7 +310,7 @@ class Fields:
         for key, b in pairs:
             try:
                 tok = int(key) if not isinstance(key, (bool, float)) else None
-            except ValueError:
+            except (TypeError, ValueError):           # [null, 1], [[5], 1]
                 tok = None
             if tok is None or not 0 <= tok < n_vocab:
                 raise bad(f"'{name}': key {json.dumps(key)} is not a token id (0..{n_vocab - 1})", name)

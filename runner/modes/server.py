@@ -24,6 +24,11 @@ responses), then the slot pool (slots), then the compute thread (scheduler), whi
 the engine's decoding step and, between its steps, the work that needs no slot
 (embeddings). Under /v1/messages every error answer, from any layer, is rewritten in
 Anthropic's shape (anthropic_api.ErrorShape).
+
+GET /openapi.json describes the routes and their request bodies (bodies.py declares them,
+and checks each body against its model before the route runs). There is no /docs page:
+Swagger UI loads its scripts from a CDN (this server fetches and serves nothing from the
+network), and behind --api-key a browser could not open it; OpenAPI tools read the schema.
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from . import anthropic_api, embeddings_api, llama_api, openai_api, responses_api
+from . import anthropic_api, bodies, embeddings_api, llama_api, openai_api, responses_api
 from .api_common import APIError, Options, State, error_body
 from .limits import BodyReader, uvicorn_config
 from .origin import CorsPolicy, HostCheck, is_json
@@ -98,7 +103,8 @@ def create_app(llm, options: Options | object | None = None) -> FastAPI:
         if state.pool is not None:
             state.pool.shutdown()                    # running generations stop at their next token
 
-    app = FastAPI(title="gemma-runner", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(title="gemma-runner", docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+                  lifespan=lifespan)
     app.state.gemma = state
     # Starlette wraps the last added middleware around the rest. Guard is the outermost one
     # that answers requests, CORS included (so that preflights pass the Host check first
@@ -121,6 +127,7 @@ def create_app(llm, options: Options | object | None = None) -> FastAPI:
         return error_response(e.status_code, message, kind, e.status_code, getattr(e, "headers", None))
 
     install_routes(app, state)
+    bodies.publish(app)
     return app
 
 
@@ -279,51 +286,52 @@ def install_routes(app: FastAPI, state: State) -> None:
             "owned_by": "gemma-runner",
             "meta": {"name": llm.name, "n_ctx": llm.n_ctx, "n_vocab": llm.n_vocab}}]})
 
-    @app.post("/v1/chat/completions")
-    @app.post("/chat/completions")
+    @app.post("/v1/chat/completions", **bodies.route(bodies.ChatCompletionRequest))
+    @app.post("/chat/completions", **bodies.route(bodies.ChatCompletionRequest, listed=False))
     async def chat_completions(request: Request) -> Response:
         return await openai_api.chat_completions(state, request)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", **bodies.route(bodies.CompletionRequest))
     async def completions(request: Request) -> Response:
         return await openai_api.completions(state, request)
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", **bodies.route(bodies.EmbeddingRequest))
     async def embeddings(request: Request) -> Response:
         return await embeddings_api.openai_embeddings(state, request)
 
-    @app.post("/embedding")
-    @app.post("/embeddings")
+    @app.post("/embedding", **bodies.route(bodies.LlamaEmbeddingRequest))
+    @app.post("/embeddings", **bodies.route(bodies.LlamaEmbeddingRequest, listed=False))
     async def embedding(request: Request) -> Response:
         return await embeddings_api.llama_embeddings(state, request)
 
-    @app.post("/v1/responses")
-    @app.post("/responses")
+    @app.post("/v1/responses", **bodies.route(bodies.ResponsesRequest))
+    @app.post("/responses", **bodies.route(bodies.ResponsesRequest, listed=False))
     async def responses(request: Request) -> Response:
         return await responses_api.create(state, request)
 
-    @app.post("/v1/messages")
+    @app.post("/v1/messages", **bodies.route(bodies.MessagesRequest, anthropic=True))
     async def messages(request: Request) -> Response:
         return await anthropic_api.messages(state, request)
 
-    @app.post("/v1/messages/count_tokens")
+    @app.post("/v1/messages/count_tokens", **bodies.route(bodies.CountTokensRequest, anthropic=True))
     async def count_tokens(request: Request) -> Response:
         return await anthropic_api.count_tokens(state, request)
 
-    @app.post("/completion")
-    @app.post("/completions")                        # llama-server's alias of /completion, not of /v1/completions
+    @app.post("/completion", **bodies.route(bodies.LlamaCompletionRequest))
+    # llama-server's alias of /completion, not of /v1/completions
+    @app.post("/completions", **bodies.route(bodies.LlamaCompletionRequest, listed=False))
     async def completion(request: Request) -> Response:
         return await llama_api.completion(state, request)
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", **bodies.route(bodies.TokenizeRequest))
     async def tokenize(request: Request) -> Response:
         return await llama_api.tokenize(state, request)
 
-    @app.post("/apply-template")
+    @app.post("/apply-template", **bodies.route(bodies.ApplyTemplateRequest))
     async def apply_template(request: Request) -> Response:
         return await llama_api.apply_template(state, request)
 
-    @app.post("/detokenize")
+    @app.post("/detokenize", **bodies.route(bodies.DetokenizeRequest))
     async def detokenize(request: Request) -> Response:
         return await llama_api.detokenize(state, request)
 
@@ -342,11 +350,11 @@ def install_routes(app: FastAPI, state: State) -> None:
                                  media_type="text/plain; version=0.0.4",
                                  headers={"Process-Start-Time-Unix": str(state.started)})
 
-    @app.get("/")
+    @app.get("/", include_in_schema=False)
     async def index() -> Response:
         return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/favicon.ico")
+    @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> Response:
         return Response(status_code=204)
 

@@ -131,7 +131,7 @@ def child_model(model: Path, threads: int, reps: int) -> dict:
             eng.reset()
             for _ in eng.generate(Prompt(toks[:16]), greedy, max_tokens=n, ignore_eos=True):
                 pass
-            best = max(best, eng.last_stats.decode_tok_s)
+            best = max(best, eng.last.decode_tok_s)
         return round(best, 1)
 
     def prefill():
@@ -139,7 +139,7 @@ def child_model(model: Path, threads: int, reps: int) -> dict:
         eng.prefill(Prompt(toks))
     return {"load_s": round(load_s, 2), "decode_tok_s": decode(64, reps), "decode16_tok_s": decode(17, 4 * reps),
             "prefill_tok_s": round(len(toks) / best_of(reps, prefill), 1),
-            "weights": "quantized" if llm.weights.token_embd.w is None else "float32"}
+            "weights": "float32" if llm.weights.token_embd.w is not None else "quantized"}
 
 
 def child_launch() -> dict:
@@ -276,7 +276,7 @@ def main() -> int:
         print("kernels unavailable (numba missing or GEMMA_RUNNER_KERNELS=numpy)")
         return 1
     kernels.set_threads(a.threads)
-    from runner.engine import set_blas_threads
+    from runner.threads import set_blas_threads
     set_blas_threads(a.threads)
     if "kernels" in only:
         bench_kernels([GGMLType[t] for t in a.types.split(",")], [int(t) for t in a.T.split(",")],

@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("-m", "--model", metavar="FILE", help="a GGUF file to run instead of the embedded weights")
     model.add_argument("--mmproj", metavar="FILE", help="vision projector GGUF (lets the model read images)")
     model.add_argument("-c", "--ctx-size", type=_nonneg_int, default=8192, metavar="N",
-                       help="context size in tokens (default 8192; 0 = the model's trained maximum)")
+                       help="context size in tokens (default 8192; 0 = the model's trained maximum); "
+                            "the server divides it among its -np slots, as llama-server does")
     model.add_argument("-t", "--threads", type=_pos_int, default=None, metavar="N",
                        help="CPU threads for the math (default: all cores)")
     model.add_argument("-b", "--batch-size", type=_pos_int, default=512, metavar="N",
@@ -169,8 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bound to a loopback address, the server answers only requests naming it "
                           "localhost, 127.0.0.1 or [::1] (against DNS rebinding); these Host names too "
                           "('.example.org' with its subdomains, '*' any)")
+    srv.add_argument("-a", "--alias", metavar="NAME",
+                     help="the model's id in the API (/v1/models and replies; default: from its name)")
+    srv.add_argument("--cors-origins", default="localhost", metavar="ORIGINS",
+                     help="pages from which other origins may call the API (CORS): 'localhost' (default: "
+                          "pages served from a loopback origin), '*' any (llama-server's default; any web "
+                          "site could then use the model), 'none', or a comma-separated list of origins "
+                          "such as 'https://app.example.org,chrome-extension://ID'")
     srv.add_argument("-np", "--parallel", type=_pos_int, default=1, metavar="N",
-                     help="requests generated at the same time (default 1)")
+                     help="requests generated at the same time (default 1); each slot holds "
+                          "-c/N tokens of context (-c 8192 -np 4: 2048 each)")
     srv.add_argument("--timeout", type=_pos_float, default=10.0, metavar="S",
                      help="seconds a client may take to send a request's headers, and to pause "
                           "while sending its body (default 10; then 408 and the connection closes)")
@@ -235,7 +244,8 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(n_ctx=args.ctx_size, n_batch=args.batch_size, draft_max=args.draft_max,
-                        context_shift=args.context_shift, n_keep=args.keep)
+                        context_shift=args.context_shift, n_keep=args.keep,
+                        n_seq=args.parallel if args.mode == "server" else 1)
 
 
 def unescape(text: str) -> str:

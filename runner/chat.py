@@ -149,6 +149,29 @@ def template_supports_tools(template: str) -> bool:
     return any(isinstance(p, str) and _PROBE_TOOL in p for p in text)
 
 
+def render_prefilled(messages: list[dict], template: str = "gemma", bos_token: str = "<bos>",
+                     eos_token: str = "<eos>", tools: ToolSpec | None = None) -> list[str | ImageRef]:
+    """The prompt for `messages`; when the last one is the assistant's, a prefill, as in
+    llama-server: its turn is left open after its text so that the reply continues it
+    (rendered without a generation prompt, cut after that text). Two assistant messages
+    at the end are an error there, and here."""
+    if not (isinstance(messages, list) and messages and isinstance(messages[-1], dict)
+            and messages[-1].get("role") in ("assistant", "model")):
+        return render(messages, template, True, bos_token, eos_token, tools)
+    if len(messages) >= 2 and isinstance(messages[-2], dict) and messages[-2].get("role") in ("assistant", "model"):
+        raise ChatError("cannot have 2 or more assistant messages at the end of the list")
+    parts = message_parts(messages[-1].get("content"))
+    text = parts[-1].strip() if all(isinstance(p, str) for p in parts) else ""   # the text the reply follows
+    if not text:
+        raise ChatError("a final assistant message (a prefill to continue) must hold text only")
+    pieces = render(messages, template, False, bos_token, eos_token, tools)
+    at = pieces[-1].rfind(text) if pieces and isinstance(pieces[-1], str) else -1
+    if at < 0:
+        raise ChatError("the chat template does not write the final assistant message's text as given, "
+                        "so it cannot be continued")
+    return pieces[:-1] + [pieces[-1][:at + len(text)]]
+
+
 # -- Jinja chat templates (the `tokenizer.chat_template` of GGUF and HF files) -------------
 
 # Where an image goes. Templates never see the image itself: its part becomes a text part

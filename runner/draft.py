@@ -1,13 +1,14 @@
 """The draft vocabulary of exact self-speculative greedy decoding (`Engine.generate`).
 
-why: a decode step of the 270M model reads 1.07 GB of float32 weights, 671 MB of them
-the tied output matrix (262k rows x 640); memory bandwidth, not arithmetic, sets its
-speed (SPEC 6). Greedy decoding only needs the argmax of the logits, and that argmax
-is nearly always one of a few thousand tokens: the pieces BPE merged first (the most
-frequent) and the tokens already in the context. So the engine runs the layers for
-every token as before, guesses the next token from the logits of this small vocabulary
-(8k rows, 21 MB, that stay in the L3 cache: 0.3 ms a step), and checks several guesses
-at once with one product of the whole output matrix (8 rows cost about twice one row).
+why: the tied output matrix (262k rows) is the largest product of a decode step: in the
+270M model 178 MB of its 253 MB of Q8_0 weights (671 MB of 1.07 GB as float32); memory
+bandwidth, not arithmetic, sets its speed. Greedy decoding only needs the
+argmax of the logits, and that argmax is nearly always one of a few thousand tokens:
+the pieces BPE merged first (the most frequent) and the tokens already in the context.
+So the engine runs the layers for every token as before, guesses the next token from
+the logits of this small vocabulary (8k rows gathered as float32, 21 MB, that stay in
+the L3 cache: 0.3 ms a step), and checks several guesses at once with one product of
+the whole output matrix (it reads the weights once for all the rows).
 A guess is kept only when the full logits pick it, so the text is the greedy text; a
 wrong guess costs the layer steps computed after it.
 """
@@ -21,16 +22,22 @@ from .sampling import SamplingParams, adjust
 class DraftVocab:
     """A subset S of the vocabulary with its rows of the output matrix, contiguous.
 
-        dv = DraftVocab(W.token_embd.w, tokenizer.frequent(8192))
+        dv = DraftVocab(W.token_embd, tokenizer.frequent(8192))
         dv.add(prompt_tokens)
         tok = dv.guess(h, params, history)   # argmax over S of the adjusted logits W_S h
+
+    The output matrix is a model.Linear, whose rows(ids) gathers rows as float32 from
+    the quantized blocks (a float32 [n_vocab, d] array works too).
     """
 
-    def __init__(self, w: np.ndarray, base: np.ndarray):
-        self.full = w                                   # [n_vocab, d] float32
-        self.pos = np.full(len(w), -1, dtype=np.int64)  # id -> row in self.w, -1: not in S
-        self.ids = np.empty(0, dtype=np.int64)          # row -> id
-        self.w = np.empty((0, w.shape[1]), dtype=w.dtype)
+    def __init__(self, emb, base: np.ndarray):
+        if isinstance(emb, np.ndarray):
+            self.rows, (n_vocab, d) = emb.__getitem__, emb.shape
+        else:
+            self.rows, n_vocab, d = emb.rows, emb.n_out, emb.n_in
+        self.pos = np.full(n_vocab, -1, dtype=np.int64)  # id -> row in self.w, -1: not in S
+        self.ids = np.empty(0, dtype=np.int64)           # row -> id
+        self.w = np.empty((0, d), dtype=np.float32)      # [rows of S, d]
         self.n = 0
         self.add(base)
         self.n_base = self.n
@@ -52,7 +59,7 @@ class DraftVocab:
             ids_[:self.n], w_[:self.n] = self.ids[:self.n], self.w[:self.n]
             self.ids, self.w = ids_, w_
         self.ids[self.n:end] = new
-        self.w[self.n:end] = self.full[new]
+        self.w[self.n:end] = self.rows(new)
         self.pos[new] = np.arange(self.n, end)
         self.n = end
 

@@ -74,7 +74,11 @@ def normalize(v: np.ndarray, p: int = 2) -> np.ndarray:
     elif p == 2:
         size = np.sqrt(np.einsum("...i,...i->...", v64, v64))[..., None]
     else:
-        size = (np.abs(v64) ** p).sum(axis=-1, keepdims=True) ** (1.0 / p)
+        # the p-norm of v / max|v| times max|v|: the same value, with no overflow for large p
+        top = np.abs(v64).max(axis=-1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scaled = np.where(top > 0, np.abs(v64) / top, 0.0)
+        size = (scaled ** p).sum(axis=-1, keepdims=True) ** (1.0 / p) * top
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(size > 0, v64 / size, 0.0).astype(F32)
 

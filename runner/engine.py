@@ -63,6 +63,7 @@ class EngineConfig:
     draft_max: int = 8         # greedy drafting: positions checked per round (0 or 1: off)
     context_shift: bool = False  # a full context drops its older half and goes on (Generation)
     n_keep: int = 0            # tokens after BOS a shift keeps (-1: the whole prompt)
+    n_seq: int = 1             # engines sharing n_ctx (the server's -np slots): each holds n_ctx // n_seq
 
 
 class Engine:
@@ -70,7 +71,11 @@ class Engine:
 
     def __init__(self, weights: M.Weights, cfg: M.Config, tokenizer, config: EngineConfig = EngineConfig()):
         self.W, self.cfg, self.tok, self.config = weights, cfg, tokenizer, config
-        self.n_ctx = config.n_ctx if config.n_ctx > 0 else cfg.n_ctx_train
+        total = config.n_ctx if config.n_ctx > 0 else cfg.n_ctx_train
+        self.n_ctx = total // config.n_seq               # as llama-server divides -c among its slots
+        if self.n_ctx < 2:
+            raise ContextError(f"a context of {total} tokens shared by {config.n_seq} slots (-np) leaves "
+                               f"{self.n_ctx} each: raise -c/--ctx-size")
         check_memory(cfg, self.n_ctx)
         self.caches = make_caches(cfg, self.n_ctx)
         self.ids: list[int] = []                  # what the cache holds, position by position
@@ -84,6 +89,8 @@ class Engine:
     def spawn(self, **changes) -> Engine:
         """Another engine over the same weights, with its own cache and this configuration
         (with `changes`, e.g. draft_max=0)."""
+        if "n_ctx" in changes:                    # a context of exactly that size (scratch, probe)
+            changes.setdefault("n_seq", 1)
         return Engine(self.W, self.cfg, self.tok, replace(self.config, **changes))
 
     def probe(self) -> None:
@@ -234,11 +241,11 @@ class Engine:
         """Does `g` decode greedily, in a way drafting reproduces exactly? (A constrained
         reply drafts too: each position still chooses under the constraint from its full
         logits, and the guesses, made without it, are only kept where it chose them.)"""
-        return self.config.draft_max > 1 and g.params.greedy and self.W.token_embd.w is not None
+        return self.config.draft_max > 1 and g.params.greedy
 
     def _draft_vocab(self, g: Generation) -> DraftVocab:
         if self._draft is None:
-            self._draft = DraftVocab(self.W.token_embd.w, self.tok.frequent(self.DRAFT_VOCAB))
+            self._draft = DraftVocab(self.W.token_embd, self.tok.frequent(self.DRAFT_VOCAB))
             self._draft.add(list(self.stop_ids))
         if self._draft_owner is not g:            # a new reply: its context joins the base set
             self._draft.restart()

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import model as M
-from .chat import ChatFormat, ImageRef, render, resolve_template
+from .chat import ChatFormat, ImageRef, render_prefilled, resolve_template
 from .engine import Engine, EngineConfig, check_memory
 from .generation import ImageSlot, Prompt, Result
 from .gguf import GGUFFile
@@ -38,7 +38,7 @@ IMAGE_CACHE = 32           # encoded images kept per model (by content hash)
 
 class LLM:
     def __init__(self, gguf: GGUFFile, config: EngineConfig = EngineConfig(), threads: int | None = None,
-                 resident: bool | None = None, mmproj: str | os.PathLike | GGUFFile | None = None,
+                 quantized: bool | None = None, mmproj: str | os.PathLike | GGUFFile | None = None,
                  chat_format: ChatFormat | None = None):
         """`chat_format`: from resolve_template; default: the file's template, or none (a
         base model)."""
@@ -48,7 +48,7 @@ class LLM:
         self.cfg = M.Config.from_gguf(gguf)
         self.tokenizer: Tokenizer = load_tokenizer(gguf)
         check_memory(self.cfg, config.n_ctx if config.n_ctx > 0 else self.cfg.n_ctx_train)   # before the weights
-        self.weights = M.load_weights(gguf, self.cfg, resident=resident, threads=threads)
+        self.weights = M.load_weights(gguf, self.cfg, quantized=quantized, threads=threads)
         self.engine = Engine(self.weights, self.cfg, self.tokenizer, config)
         self.vision = None
         self._structured: Structured | None = None
@@ -177,8 +177,9 @@ class LLM:
     def chat_prompt(self, messages: list[dict], template: str | None = None, tools: ToolSpec | None = None) -> Prompt:
         """The prompt for `messages` under `template` (default: chat_template), with
         exactly one BOS (added if the template does not write it); `tools` (from
-        structured.tools.parse_tools) are described in it."""
-        pieces = render(messages, template or self.chat_template, tools=tools)
+        structured.tools.parse_tools) are described in it. A final assistant message is
+        continued (chat.render_prefilled)."""
+        pieces = render_prefilled(messages, template or self.chat_template, tools=tools)
         bos = self.tokenizer.token_text(self.tokenizer.bos_id)
         has_bos = bool(pieces) and isinstance(pieces[0], str) and pieces[0].startswith(bos)
         return self.build_prompt(pieces, add_bos=not has_bos)
@@ -272,10 +273,10 @@ class LLM:
 
 
 def load(model_path: str | os.PathLike, mmproj: str | os.PathLike | GGUFFile | None = None, n_ctx: int = 8192,
-         threads: int | None = None, resident: bool | None = None, offset: int = 0,
+         threads: int | None = None, quantized: bool | None = None, offset: int = 0,
          length: int | None = None, **config) -> LLM:
     """Load a Gemma 3 GGUF (from a file, or a region of one) ready to generate. `config`:
     the rest of EngineConfig (n_batch, draft_max: greedy decoding checks up to this many
     guessed tokens at once, 0 = off; context_shift, n_keep)."""
     return LLM(GGUFFile(model_path, offset, length), EngineConfig(n_ctx=n_ctx, **config), threads=threads,
-               resident=resident, mmproj=mmproj)
+               quantized=quantized, mmproj=mmproj)

@@ -1,21 +1,25 @@
-"""The Gemma 3 text decoder as small functions over numpy arrays (SPEC 3).
+"""The Gemma 3 text decoder as small functions over numpy arrays (the computation of
+llama.cpp's gemma3 graph).
 
-Weights are named like the GGUF tensors and kept in float32, the form numpy multiplies
-fastest (SPEC 6: float32 BLAS beats every other numpy path). Two pairs are fused into one
-matrix each (attn_q|attn_k|attn_v and ffn_gate|ffn_up) so that a decode step makes four
-BLAS calls per layer. A model whose float32 weights would not fit in memory keeps its
-quantized bytes instead and dequantizes row blocks as it multiplies (slow, but it runs).
+Weights are named like the GGUF tensors and stay as the file stores them, mapped, not
+copied: the compiled kernels (runner/kernels) multiply the quantized blocks directly, so
+memory is the file plus the KV cache, as with llama.cpp. Two pairs act as one matrix each
+(attn_q|attn_k|attn_v and ffn_gate|ffn_up) so that a decode step makes four products per
+layer. Where numba is missing (or GEMMA_RUNNER_KERNELS=numpy), every weight is
+dequantized to float32 at load and multiplied by numpy's BLAS: the reference path.
 """
 from __future__ import annotations
 
 import functools
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import kernels
 from .gguf import GGUFError, GGUFFile
 from .quants import GGMLType, dequantize
 
@@ -113,62 +117,110 @@ class Config:
 # --- weights ----------------------------------------------------------------------------
 
 class Linear:
-    """y = x @ W.T for W [out, in], stored as float32 or, when streamed, as the GGUF's
-    quantized rows (dequantized a row block at a time during the product)."""
+    """y = x @ W.T for W [n_out, n_in]: one GGUF tensor, or several stacked by rows
+    (attn_q|attn_k|attn_v, ffn_gate|ffn_up; each part writes its own output columns).
 
-    STREAM_BLOCK = 1 << 24   # values dequantized at once when streaming (64 MB)
-    # A few rows of x (a batch of sequences decoding together, or drafted tokens being
-    # checked) are where OpenBLAS is weakest: its gemm repacks all of W for every call.
-    # Measured on the 270M weights: against the 262k-row output matrix, 2-16 rows go
-    # fastest as W-block @ x.T products over blocks of 2048 rows of W (8 rows: 55-60 ms,
-    # one row: 27 ms); against the small layer matrices, 2-3 rows as one matrix-vector
-    # product each.
+    Quantized (the default where the compiled kernels run): each part stays as the file
+    stores it, a view of the memory map. A few rows of x (decode, batched decode, drafted
+    tokens) are multiplied straight from the blocks, each weight read once for all rows;
+    more rows (a prompt) dequantize a block of W's rows at a time into a reused float32
+    buffer and multiply with numpy's BLAS. Float32 (`quantized=False`, the numpy path):
+    the whole matrix dequantized at load, `w`, and BLAS for everything."""
+
+    FEW_ROWS = 16            # up to this many rows of x: the kernels
+    # float32 values dequantized at once for BLAS (64 MB, reused). why so many: every
+    # BLAS call synchronizes OpenBLAS's threads, and on a busy machine that cost up to
+    # ~80 ms a call: in blocks of 1M values the 1B's ffn_gate|ffn_up took 3.5x as long
+    # as the float32 product, in blocks of 16M values 1.15x (400 rows, load ~9)
+    BLOCK_VALUES = 1 << 24
+    # The float32 path against a few rows of x, where OpenBLAS is weakest (its gemm
+    # repacks all of W for every call). Measured on the 270M weights: against the 262k-row
+    # output matrix, 2-16 rows go fastest as W-block @ x.T products over blocks of 2048
+    # rows (8 rows: 55-60 ms, one row: 27 ms); against the layer matrices, 2-3 rows as one
+    # matrix-vector product each.
     PER_ROW = 3
-    FEW_ROWS = 16
     BLOCK_ROWS = 2048
 
-    def __init__(self, parts: list[tuple[np.ndarray, GGMLType]], n_in: int, resident: bool):
+    def __init__(self, parts: list[tuple[np.ndarray, GGMLType]], n_in: int, quantized: bool):
+        self.parts = parts                          # [(raw uint8 [rows, row bytes], type)]
+        self.starts = [sum(len(raw) for raw, _ in parts[:i]) for i in range(len(parts))]   # first row of each
         self.n_out = sum(len(raw) for raw, _ in parts)
         self.n_in = n_in
-        self.parts = None if resident else parts
-        self.w = None
-        if resident:
+        self.w: np.ndarray | None = None            # [n_out, n_in] float32: the numpy path only
+        # the kernels' calls: runs of consecutive parts of one type (first column, raws,
+        # type), one call each (why: a call costs ~5 us, and a larger product can use
+        # both cores); none when a part's rows are not whole units (BLAS for every x)
+        self.runs: list[tuple[int, list[np.ndarray], GGMLType]] = []
+        if all(kernels.supported(qtype, n_in) for _, qtype in parts):
+            for start, (raw, qtype) in zip(self.starts, parts):
+                if self.runs and self.runs[-1][2] == qtype and len(self.runs[-1][1]) < 3:
+                    self.runs[-1][1].append(raw)
+                else:
+                    self.runs.append((start, [raw], qtype))
+        if not quantized:
             self.w = np.empty((self.n_out, n_in), dtype=F32)
-            row = 0
-            for raw, qtype in parts:
-                dequantize(raw, qtype, out=self.w[row:row + len(raw)])
-                row += len(raw)
+            for start, (raw, qtype) in zip(self.starts, parts):
+                dequantize(raw, qtype, out=self.w[start:start + len(raw)])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.w is not None:
-            T = x.shape[0]
-            if 1 < T <= self.FEW_ROWS and self.n_out >= 4 * self.BLOCK_ROWS:
-                outT = np.empty((self.n_out, T), dtype=F32)
-                for r in range(0, self.n_out, self.BLOCK_ROWS):
-                    np.matmul(self.w[r:r + self.BLOCK_ROWS], x.T, out=outT[r:r + self.BLOCK_ROWS])
-                return np.ascontiguousarray(outT.T)
-            if 1 < T <= self.PER_ROW:
-                out = np.empty((T, self.n_out), dtype=F32)
-                for i in range(T):
-                    np.matmul(self.w, x[i], out=out[i])        # [out, in] @ [in] -> [out]
-                return out
-            return x @ self.w.T                                # [T, in] -> [T, out]
-        out = np.empty((x.shape[0], self.n_out), dtype=F32)
-        col = 0
-        rows = max(1, self.STREAM_BLOCK // self.n_in)
-        for raw, qtype in self.parts:
-            for r in range(0, len(raw), rows):
-                w = dequantize(raw[r:r + rows], qtype, threads=None)
-                out[:, col + r:col + r + len(w)] = x @ w.T
-            col += len(raw)
+            return self._f32(x)
+        T = x.shape[0]
+        out = np.empty((T, self.n_out), dtype=F32)
+        x = np.ascontiguousarray(x, dtype=F32)
+        if T <= self.FEW_ROWS and self.runs:
+            for col, raws, qtype in self.runs:
+                kernels.matmul(raws, qtype, x, out, col)
+            return out
+        step = max(1, self.BLOCK_VALUES // self.n_in)
+        for r in range(0, self.n_out, step):
+            w = self._dequantized(r, min(self.n_out, r + step))
+            np.matmul(x, w.T, out=out[:, r:r + len(w)])                # [T, in] @ [in, rows]
         return out
 
+    def _dequantized(self, r0: int, r1: int) -> np.ndarray:
+        """Rows r0..r1 of W (across parts) as float32 [r1 - r0, n_in], in this thread's
+        reused buffer (valid until the next call): one BLAS call for all the parts."""
+        n = r1 - r0
+        buf = getattr(_scratch, "buf", None)
+        if buf is None or buf.size < n * self.n_in:
+            buf = _scratch.buf = np.empty(max(n * self.n_in, self.BLOCK_VALUES), dtype=F32)
+        w = buf[:n * self.n_in].reshape(n, self.n_in)
+        for start, (raw, qtype) in zip(self.starts, self.parts):
+            a, b = max(r0, start), min(r1, start + len(raw))
+            if a < b and kernels.supported(qtype, self.n_in):
+                kernels.dequantize(raw, qtype, slice(a - start, b - start), out=w[a - r0:b - r0])
+            elif a < b:
+                dequantize(raw[a - start:b - start], qtype, out=w[a - r0:b - r0])
+        return w
+
+    def _f32(self, x: np.ndarray) -> np.ndarray:
+        T = x.shape[0]
+        if 1 < T <= self.FEW_ROWS and self.n_out >= 4 * self.BLOCK_ROWS:
+            outT = np.empty((self.n_out, T), dtype=F32)
+            for r in range(0, self.n_out, self.BLOCK_ROWS):
+                np.matmul(self.w[r:r + self.BLOCK_ROWS], x.T, out=outT[r:r + self.BLOCK_ROWS])
+            return np.ascontiguousarray(outT.T)
+        if 1 < T <= self.PER_ROW:
+            out = np.empty((T, self.n_out), dtype=F32)
+            for i in range(T):
+                np.matmul(self.w, x[i], out=out[i])                    # [out, in] @ [in] -> [out]
+            return out
+        return x @ self.w.T                                            # [T, in] -> [T, out]
+
     def rows(self, ids: np.ndarray) -> np.ndarray:
-        """W[ids] (the embedding look-up of a tied output matrix)."""
+        """W[ids] as float32 [len(ids), n_in] (the embedding look-up of a tied output
+        matrix, and the draft vocabulary's rows); a single-part matrix only."""
         if self.w is not None:
             return self.w[ids]
         (raw, qtype), = self.parts
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if kernels.supported(qtype, self.n_in):
+            return kernels.dequantize(raw, qtype, ids)
         return dequantize(raw[ids], qtype)
+
+
+_scratch = threading.local()     # per thread: the float32 buffer of Linear's BLAS path
 
 
 @dataclass
@@ -193,7 +245,7 @@ class Weights:
 
 
 def f32_bytes(cfg: Config) -> int:
-    """Bytes the weights take as float32."""
+    """Bytes the weights take as float32 (the numpy path)."""
     per_layer = cfg.d * (cfg.n_head + 2 * cfg.n_kv) * cfg.head_dim + cfg.n_head * cfg.head_dim * cfg.d \
         + 3 * cfg.d * cfg.d_ff
     return 4 * (cfg.n_vocab * cfg.d + cfg.n_layer * per_layer)
@@ -210,11 +262,19 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def load_weights(g: GGUFFile, cfg: Config, resident: bool | None = None, threads: int | None = None) -> Weights:
-    """Dequantize (or, streamed, just map) every tensor. `resident=None` keeps float32
-    weights when they fit in 70% of the available memory."""
-    if resident is None:
-        resident = f32_bytes(cfg) < 0.7 * available_memory()
+def load_weights(g: GGUFFile, cfg: Config, quantized: bool | None = None, threads: int | None = None) -> Weights:
+    """Map every tensor (quantized) or dequantize it to float32 (the numpy path).
+
+    quantized=None: quantized where the compiled kernels run (`kernels.available()`:
+    numba importable and GEMMA_RUNNER_KERNELS is not "numpy"). threads sets
+    the kernels' threads (None: every core)."""
+    quantized = kernels.available() if quantized is None else quantized and kernels.available()
+    if quantized:
+        kernels.set_threads(threads)
+    elif f32_bytes(cfg) > available_memory():
+        raise GGUFError(f"{g.path}: the numpy path needs {f32_bytes(cfg) / 1e9:.1f} GB for float32 weights, "
+                        f"{available_memory() / 1e9:.1f} GB are available; the compiled kernels keep "
+                        f"the weights quantized (install numba, unset {kernels.ENV})")
 
     def tensor(name: str, shape: tuple[int, ...]) -> tuple[np.ndarray, GGMLType]:
         info = g.tensors.get(name)
@@ -236,24 +296,28 @@ def load_weights(g: GGUFFile, cfg: Config, resident: bool | None = None, threads
             attn_norm=norm(p + "attn_norm.weight", d),
             attn_qkv=Linear([tensor(p + "attn_q.weight", (cfg.n_head * hd, d)),
                              tensor(p + "attn_k.weight", (cfg.n_kv * hd, d)),
-                             tensor(p + "attn_v.weight", (cfg.n_kv * hd, d))], d, resident),
+                             tensor(p + "attn_v.weight", (cfg.n_kv * hd, d))], d, quantized),
             attn_q_norm=norm(p + "attn_q_norm.weight", hd),
             attn_k_norm=norm(p + "attn_k_norm.weight", hd),
-            attn_output=Linear([tensor(p + "attn_output.weight", (d, cfg.n_head * hd))], cfg.n_head * hd, resident),
+            attn_output=Linear([tensor(p + "attn_output.weight", (d, cfg.n_head * hd))], cfg.n_head * hd,
+                               quantized),
             post_attention_norm=norm(p + "post_attention_norm.weight", d),
             ffn_norm=norm(p + "ffn_norm.weight", d),
             ffn_gate_up=Linear([tensor(p + "ffn_gate.weight", (cfg.d_ff, d)),
-                                tensor(p + "ffn_up.weight", (cfg.d_ff, d))], d, resident),
-            ffn_down=Linear([tensor(p + "ffn_down.weight", (d, cfg.d_ff))], cfg.d_ff, resident),
+                                tensor(p + "ffn_up.weight", (cfg.d_ff, d))], d, quantized),
+            ffn_down=Linear([tensor(p + "ffn_down.weight", (d, cfg.d_ff))], cfg.d_ff, quantized),
             post_ffw_norm=norm(p + "post_ffw_norm.weight", d),
         )
 
-    n_threads = max(1, threads or os.cpu_count() or 1)
+    embd = lambda: Linear([tensor("token_embd.weight", (cfg.n_vocab, d))], d, quantized)   # noqa: E731
+    if quantized:             # mapping only: nothing to spread over threads
+        return Weights(token_embd=embd(), output_norm=norm("output_norm.weight", d),
+                       layers=[layer(il) for il in range(cfg.n_layer)])
     # numpy releases the GIL while dequantizing: load tensors on several threads
-    with ThreadPoolExecutor(n_threads) as pool:
-        embd = pool.submit(lambda: Linear([tensor("token_embd.weight", (cfg.n_vocab, d))], d, resident))
+    with ThreadPoolExecutor(max(1, threads or os.cpu_count() or 1)) as pool:
+        first = pool.submit(embd)
         layers = list(pool.map(layer, range(cfg.n_layer)))
-        return Weights(token_embd=embd.result(), output_norm=norm("output_norm.weight", d), layers=layers)
+        return Weights(token_embd=first.result(), output_norm=norm("output_norm.weight", d), layers=layers)
 
 
 # --- the forward pass -------------------------------------------------------------------

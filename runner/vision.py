@@ -1,5 +1,5 @@
 """Gemma 3's eyes: a SigLIP vision tower and the Gemma 3 projector, from an mmproj GGUF
-(SPEC 4), as small functions over numpy arrays.
+(llama.cpp's clip.cpp graph for Gemma 3), as small functions over numpy arrays.
 
     tower = VisionTower(GGUFFile("mmproj.gguf"))
     pixels = tower.resize(pil_image)               # [S, S, 3] uint8, as transformers resizes
@@ -9,9 +9,10 @@ image [S, S, 3] -> patches as one matrix multiply -> + position -> n_layer pre-L
 -> post LN -> k x k average pool -> RMSNorm (soft_emb_norm) -> @ input_projection.
 
 The large per-layer matrices stay in the file as stored (any ggml type) and are
-dequantized to float32 a layer at a time while encoding, after which their pages are
-handed back to the OS: an image costs a layer's weights and the activations in memory,
-not the whole tower in float32 (1.7 GB for the real one). Everything else (embeddings,
+dequantized to float32 a layer at a time while encoding (into buffers reused from layer
+to layer, by the compiled kernels where they run), after which their pages are handed
+back to the OS: an image costs a layer's weights and the activations in memory, not the
+whole tower in float32 (1.7 GB for the real one). Everything else (embeddings,
 norms, biases, projection) is float32 in memory from load. The work is split across
 `threads` Python threads calling single-threaded BLAS (see the forward pass). Pillow is
 not imported here: `resize` takes a PIL image from runner.images.
@@ -19,19 +20,20 @@ not imported here: `resize` takes a PIL image from runner.images.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import hashlib
 import mmap
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import kernels
 from .gguf import GGUFError, GGUFFile, TensorInfo
 from .model import gelu_tanh, rms_norm
 from .quants import GGMLType, dequantize
+from .threads import single_threaded_blas
 
 F32 = np.float32
 DEFAULT_POOL = 4          # llama.cpp's default for gemma3: 64x64 patches -> 16x16 tokens
@@ -108,18 +110,24 @@ class VisionConfig:
 
 @dataclass
 class Matrix:
-    """A weight [out, in] kept as the file stores it; `f32()` is its float32 value (a
-    view for F32 files), `release()` lets the OS drop its pages from this process."""
+    """A weight [out, in] kept as the file stores it; `f32()` is its float32 value,
+    `release()` lets the OS drop its pages from this process."""
     g: GGUFFile
     info: TensorInfo
 
     def f32(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The float32 value, written into `out` when given (C-contiguous, its shape:
+        a buffer reused from layer to layer), else a view (F32 files) or a new array.
+        Dequantized by the compiled kernels where they run (runner.kernels)."""
         if self.info.type == GGMLType.F32 and out is None:
             return self.g.array(self.info.name)
         if self.info.type == GGMLType.F32:
             np.copyto(out, self.g.array(self.info.name))
             return out
-        return dequantize(self.g.raw(self.info.name), self.info.type, out=out)
+        raw, n_in = self.g.raw(self.info.name), self.info.shape[-1]
+        if kernels.supported(self.info.type, n_in):
+            return kernels.dequantize(raw, self.info.type, out=out)
+        return dequantize(raw, self.info.type, out=out)
 
     def release(self) -> None:
         # why: a read-only file mapping can be re-read from the page cache at any time;
@@ -156,11 +164,10 @@ class VisionLayer:
     def matrices(self) -> list[Matrix]:
         return [self.attn_q, self.attn_k, self.attn_v, self.attn_out, self.fc1, self.fc2]
 
-    def qkv(self) -> tuple[np.ndarray, np.ndarray]:
-        """attn_q | attn_k | attn_v as one float32 matrix [3 d, d] and bias [3 d]: one
-        product instead of three."""
+    def qkv(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """attn_q | attn_k | attn_v as one float32 matrix [3 d, d], written into w, and
+        bias [3 d]: one product instead of three."""
         d = self.attn_q_b.shape[0]
-        w = np.empty((3 * d, d), dtype=F32)
         for i, m in enumerate((self.attn_q, self.attn_k, self.attn_v)):
             m.f32(out=w[i * d:(i + 1) * d])
         return w, np.concatenate([self.attn_q_b, self.attn_k_b, self.attn_v_b])
@@ -251,39 +258,6 @@ def parallel(fn, n: int, threads: int) -> None:
             j.result()
 
 
-@functools.lru_cache(maxsize=1)
-def _openblas() -> tuple | None:
-    """(get, set) of the OpenBLAS thread count numpy uses; None with another BLAS."""
-    try:
-        for line in open("/proc/self/maps"):
-            if "openblas" in line.lower():
-                lib = ctypes.CDLL(line.split()[-1])
-                for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("", "")):
-                    get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
-                    put = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
-                    if get and put:
-                        return get, put
-    except OSError:
-        pass
-    return None
-
-
-@contextlib.contextmanager
-def single_threaded_blas():
-    """BLAS on one thread inside the block (the callers' threads share the cores)."""
-    lib = _openblas()
-    if lib is None:
-        yield
-        return
-    get, put = lib
-    before = get()
-    put(ctypes.c_int(1))
-    try:
-        yield
-    finally:
-        put(ctypes.c_int(before))
-
-
 def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
     """(x - mean) / sqrt(var + eps) * w + b over the last axis."""
     mu = x.mean(axis=-1, keepdims=True)
@@ -335,14 +309,31 @@ def attention(qkv: np.ndarray, n_head: int, threads: int = 1) -> np.ndarray:
     return out.reshape(T, d)
 
 
+_buffers = threading.local()      # per thread: the float32 weights of the layer being run
+
+
+def _buffer(name: str, shape: tuple[int, int]) -> np.ndarray:
+    """A float32 array of this shape, the same one for every layer and image (why: a
+    layer's four matrices are 60 MB as float32 in the real tower; allocating them for
+    each of 27 layers cost page faults on every image)."""
+    bufs = getattr(_buffers, "d", None)
+    if bufs is None:
+        bufs = _buffers.d = {}
+    if name not in bufs or bufs[name].shape != shape:
+        bufs[name] = np.empty(shape, dtype=F32)
+    return bufs[name]
+
+
 def encoder_block(L: VisionLayer, cfg: VisionConfig, x: np.ndarray, threads: int = 1) -> np.ndarray:
     """One pre-LN SigLIP block on x [T, d], updated in place and returned:
     x += attn(LN1(x)); x += fc2(gelu_tanh(fc1(LN2(x))))."""
     T, d = x.shape
-    w_qkv, b_qkv = L.qkv()                                         # [3 d, d], [3 d]
+    w_qkv, b_qkv = L.qkv(_buffer("qkv", (3 * d, d)))               # [3 d, d], [3 d]
     w_qkv[:d] *= F32((d // cfg.n_head) ** -0.5)                    # fold the query scale in
     b_qkv[:d] *= F32((d // cfg.n_head) ** -0.5)
-    w_out, w1, w2 = L.attn_out.f32(), L.fc1.f32(), L.fc2.f32()
+    w_out = L.attn_out.f32(_buffer("attn_out", (d, d)))
+    w1 = L.fc1.f32(_buffer("fc1", (cfg.d_ff, d)))
+    w2 = L.fc2.f32(_buffer("fc2", (d, cfg.d_ff)))
     qkv = np.empty((T, 3 * d), dtype=F32)
 
     def project(lo: int, hi: int) -> None:

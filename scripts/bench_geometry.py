@@ -133,7 +133,7 @@ def measure_ours(path: str, text: str, threads: int, prompt_tokens: int, gen_tok
     for _ in range(repeats):
         eng.reset()
         n = sum(1 for _ in eng.generate(Prompt(toks[:16]), greedy, max_tokens=gen_tokens, ignore_eos=True))
-        decode = max(decode, eng.last_stats.decode_tok_s)
+        decode = max(decode, eng.last.decode_tok_s)
     return {"engine": "ours", "runner": os.path.dirname(runner.__file__), "threads": threads,
             "load_s": round(load_s, 3), "prompt_tokens": len(toks), "prefill_tok_s": round(len(toks) / prefill_s, 1),
             "gen_tokens": n, "decode_tok_s": round(decode, 2)}

@@ -89,6 +89,32 @@ def test_runs_from_a_read_only_directory(built, reference):
         shutil.rmtree(d)
 
 
+def compiled(cache: Path) -> dict[Path, int]:
+    """The kernels' cache files under `cache` and their modification times."""
+    return {p: p.stat().st_mtime_ns for p in cache.glob("**/kernels-*/*") if p.is_file()}
+
+
+def test_compiled_kernels_are_cached_across_launches(built, reference, tmp_path):
+    """The first launch compiles the kernels into the user's cache directory; the next
+    launch (a new extraction folder) loads them: it writes nothing there."""
+    env = {"GEMMA_RUNNER_CACHE": str(tmp_path / "cache")}
+    runs = []
+    for _ in range(2):
+        r = subprocess.run([str(built[1])] + CLI, capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 0 and r.stdout == reference, r.stderr
+        runs.append(compiled(tmp_path / "cache"))
+    assert any(p.suffix == ".nbi" for p in runs[0]) and runs[1] == runs[0]
+
+
+def test_an_unwritable_cache_directory_falls_back_to_the_temporary_one(built, reference, tmp_path):
+    (tmp_path / "blocker").write_text("")                  # a file where a directory must go
+    (tmp_path / "tmp").mkdir()
+    env = {"GEMMA_RUNNER_CACHE": str(tmp_path / "blocker" / "cache"), "TMPDIR": str(tmp_path / "tmp")}
+    r = subprocess.run([str(built[1])] + CLI, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0 and r.stdout == reference, r.stderr
+    assert any(p.suffix == ".nbi" for p in compiled(tmp_path / "tmp"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

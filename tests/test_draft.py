@@ -213,8 +213,9 @@ def test_subset_adjust_equals_full_adjust_restricted(llm):
 
 
 def test_draft_vocab_grows_and_restarts(llm):
-    w = llm.weights.token_embd.w
-    dv = DraftVocab(w, np.array([5, 9, 9, 700]))
+    emb = llm.weights.token_embd
+    w = emb.rows(np.arange(emb.n_out))           # the whole output matrix as float32
+    dv = DraftVocab(emb, np.array([5, 9, 9, 700]))
     assert len(dv) == 3 and dv.n_base == 3
     dv.add([9, 11, 2000, 11, -4, len(w) + 3])    # repeats and out-of-range ids skipped
     assert sorted(dv.ids[:len(dv)].tolist()) == [5, 9, 11, 700, 2000]

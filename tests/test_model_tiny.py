@@ -88,17 +88,17 @@ def test_every_weight_type(tmp_path):
     compare(path, hf, random_ids(40, 512, seed=4))
 
 
-def test_streamed_weights_equal_resident(tmp_path):
-    """The low-memory path (quantized rows dequantized during each product) computes the
-    same logits as float32 weights."""
+def test_quantized_weights_equal_float32(tmp_path):
+    """Quantized weights multiplied by the compiled kernels (quantized=True) compute the
+    same logits as float32 weights (quantized=False, the numpy path)."""
     cfg = text_config(vocab=512, d=256, d_ff=512, layers=2, heads=4, kv_heads=2, head_dim=64, window=8)
     hf = build_text_model(cfg, seed=5)
     path = write_text_gguf(hf, tmp_path / "stream.gguf", types=lambda n, s: Q.Q4_K if "ffn" in n else Q.Q8_0)
     ids = random_ids(30, 512, seed=5)
-    resident = runner.load(path, n_ctx=64, resident=True).logits(ids)
-    streamed = runner.load(path, n_ctx=64, resident=False).logits(ids)
-    np.testing.assert_allclose(streamed, resident, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(streamed, hf_logits(hf, ids), rtol=0, atol=RTOL * np.abs(resident).max())
+    f32 = runner.load(path, n_ctx=64, quantized=False).logits(ids)
+    quant = runner.load(path, n_ctx=64, quantized=True).logits(ids)
+    np.testing.assert_allclose(quant, f32, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(quant, hf_logits(hf, ids), rtol=0, atol=RTOL * np.abs(f32).max())
 
 
 def test_incremental_decode_and_chunks_equal_full_pass(tmp_path):

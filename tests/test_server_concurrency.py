@@ -77,8 +77,8 @@ def test_eight_simultaneous_streams_each_equal_their_own_sequential_result(two_s
     assert together == alone
     assert busiest == 2                                  # both slots really ran at once
     assert all(n and n > 0 for _, _, n in together)
-    assert metric(two_slots, "gemma_runner_requests_deferred") == 0
-    assert metric(two_slots, "gemma_runner_requests_processing") == 0
+    assert metric(two_slots, "llamacpp:requests_deferred") == 0
+    assert metric(two_slots, "llamacpp:requests_processing") == 0
 
 
 def start_long_stream(base: str, chunks_before_leaving: int, left: threading.Event) -> threading.Thread:
@@ -101,7 +101,7 @@ def start_long_stream(base: str, chunks_before_leaving: int, left: threading.Eve
 
 def test_a_client_leaving_stops_its_generation_and_frees_the_slot(one_slot):
     ref = stream_chat(one_slot, PROMPTS[0])
-    tokens_before = metric(one_slot, "gemma_runner_tokens_predicted_total")
+    tokens_before = metric(one_slot, "llamacpp:tokens_predicted_total")
     cancelled_before = metric(one_slot, "gemma_runner_completions_cancelled_total")
     left = threading.Event()
     leaver = start_long_stream(one_slot, 3, left)
@@ -118,7 +118,7 @@ def test_a_client_leaving_stops_its_generation_and_frees_the_slot(one_slot):
     other.join(120)
     leaver.join(10)
     assert waiting["r"] == ref                            # the queued client got the slot, and a right answer
-    long_tokens = metric(one_slot, "gemma_runner_tokens_predicted_total") - tokens_before - ref[2]
+    long_tokens = metric(one_slot, "llamacpp:tokens_predicted_total") - tokens_before - ref[2]
     assert 3 <= long_tokens < 60                          # stopped near where its client left, not at 400
     assert not any(s["is_processing"] for s in httpx.get(one_slot + "/slots").json())
 
@@ -149,7 +149,7 @@ def test_a_client_leaving_while_queued_is_never_run(one_slot):
     busy.join(120)
     time.sleep(1.0)                                      # longer than the queue's check interval
     assert metric(one_slot, "gemma_runner_completions_total") == runs_before + 1
-    assert metric(one_slot, "gemma_runner_requests_deferred") == 0
+    assert metric(one_slot, "llamacpp:requests_deferred") == 0
 
 
 def test_a_non_streaming_client_leaving_frees_its_slot_within_a_second(one_slot):

@@ -62,8 +62,7 @@ def test_loopback_and_allowed_names_are_served(base):
 
 def test_a_preflight_passes_the_host_check_and_needs_no_key(llm):
     """A CORS preflight carries no credentials: it passes the Host check and the key check
-    and reaches the app (where CORS middleware, once added, answers it; today the route
-    has no OPTIONS: 405)."""
+    and is answered (test_server_conform.py checks its CORS headers)."""
     with serve_in_thread(create_app(llm, Options(log=False, api_key="k"))) as url:
         pre = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"}
         r = httpx.options(url + "/v1/chat/completions", headers=pre)

@@ -55,6 +55,14 @@ def slots_idle(base: str, within: float = 5.0) -> bool:
     return False
 
 
+def test_attach_image_is_hidden_for_a_model_without_vision(page, base):
+    """The 270M model has no vision projector: /props says so and the page offers no
+    Attach image (test_images_modes.py shows it for a vision model)."""
+    assert httpx.get(base + "/props").json()["modalities"]["vision"] is False
+    page.wait_for_function("document.getElementById('model-name').textContent.length > 0")
+    assert page.locator("#attach-slot").is_hidden()
+
+
 def test_chat_streams_a_reply_and_stop_ends_it(page, base):
     settings(page, 0, 300)
     page.fill("#chat-input", "Tell me a long story about a dragon.")

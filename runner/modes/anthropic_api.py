@@ -34,7 +34,7 @@ from ..chat import ChatError
 from ..engine import Prompt
 from ..generation import Result, Stop
 from ..structured.tools import CallParser, ToolError, ToolSpec, parse_tools, parser_mode
-from .api_common import (APIError, Fields, State, bad, collect, model_id, parse_json, request_job, sampling_fields,
+from .api_common import (APIError, Fields, State, bad, collect, parse_json, request_job, sampling_fields,
                          sse_event, stream)
 
 PREFIX = "/v1/messages"
@@ -294,7 +294,7 @@ async def messages(state: State, request: Request) -> Response:
     job = await request_job(state, sampling_fields(f, stop=stops), prompt, limit, "messages", tools)
     parser = CallParser(parser_mode(tools, False), tuple(fn.name for fn in tools.functions) if tools else ())
     head = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant",
-            "model": f.string("model") or model_id(state.llm)}
+            "model": f.string("model") or state.model_id}
 
     def ending(r: Result) -> dict:
         reason = "tool_use" if parser.calls and r.finish_reason == "stop" else stop_reason(r)

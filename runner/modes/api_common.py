@@ -9,6 +9,7 @@ and never a traceback.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -28,25 +29,29 @@ from starlette.responses import StreamingResponse
 from ..chat import ChatError
 from ..engine import ContextError, Prompt
 from ..generation import ModelError, Result, Token
-from ..sampling import OPTIONS, SamplingParams, in_range, range_text
+from ..sampling import OPTIONS, SEED_MASK, SamplingParams, in_range, range_text
 from ..structured import SchemaConstraint, SchemaError
 from ..structured.tools import ToolConstraint, ToolSpec, calls_or_schema
 from .slots import Job, Metrics
 
 MAX_LOGPROBS = 20            # top alternatives a request may ask for (OpenAI's limit)
 MAX_STOP = 16                # stop strings in one request
+MAX_CHOICES = 16             # `n`: replies to one request (each runs as its own job)
 
 
 class APIError(Exception):
     """An error for the client: status and OpenAI's error body."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, extra: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.extra = extra or {}                   # more fields of the error object (llama-server's)
 
     def body(self) -> dict:
-        return error_body(self.message, self.type, self.param, self.code)
+        body = error_body(self.message, self.type, self.param, self.code)
+        body["error"].update(self.extra)
+        return body
 
 
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
@@ -76,6 +81,8 @@ class Options:
     max_connections: int = 512           # then new ones replace the longest idle (limits.py)
     max_body: int = 100 << 20            # bytes of a request body (a few images as base64)
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback ones (origin.py)
+    cors_origins: str = "localhost"      # other origins whose pages may call the API (origin.CorsPolicy)
+    alias: str | None = None             # the model's id in the API (--alias); None: from its name
 
     @classmethod
     def from_args(cls, args) -> Options:
@@ -84,7 +91,8 @@ class Options:
                    pooling=args.pooling,
                    nobrowser=args.nobrowser, log=not args.log_disable, sampling=sampling_from_args(args),
                    n_predict=args.n_predict, model_path=args.model or "", timeout=args.timeout,
-                   allowed_hosts=tuple(n for arg in args.allowed_hosts for n in arg.split(",")))
+                   allowed_hosts=tuple(n for arg in args.allowed_hosts for n in arg.split(",")),
+                   cors_origins=args.cors_origins, alias=args.alias)
 
 
 class State:
@@ -98,6 +106,11 @@ class State:
         self.load_error: str | None = None
         self.started = int(time.time())
         self._prompt_lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        """The model's id in /v1/models and replies: --alias, else from its name."""
+        return self.options.alias or model_id(self.llm)
 
     def log(self, message: str) -> None:
         if self.options.log:
@@ -289,7 +302,7 @@ class Fields:
         for key, b in pairs:
             try:
                 tok = int(key) if not isinstance(key, (bool, float)) else None
-            except ValueError:
+            except (TypeError, ValueError):           # [null, 1], [[5], 1]
                 tok = None
             if tok is None or not 0 <= tok < n_vocab:
                 raise bad(f"'{name}': key {json.dumps(key)} is not a token id (0..{n_vocab - 1})", name)
@@ -385,10 +398,16 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # -- a request's prompt and job -------------------------------------------------------------
 
 def check_context(state: State, prompt: Prompt, param: str) -> None:
+    """A 400 for a prompt the context cannot hold, with OpenAI's code and llama-server's
+    n_prompt_tokens and n_ctx (its exceed_context_size_error)."""
+    engine = state.llm.engine
     try:
-        state.llm.engine.check_fits(prompt)
+        engine.check_fits(prompt)
     except ContextError as e:
-        raise bad(f"'{param}': {e}", param, "context_length_exceeded" if len(prompt) else None) from None
+        if not len(prompt):
+            raise bad(f"'{param}': {e}", param) from None
+        raise APIError(400, f"'{param}': {e}", param=param, code="context_length_exceeded",
+                       extra={"n_prompt_tokens": len(prompt), "n_ctx": engine.n_ctx}) from None
 
 
 def completion_prompt(state: State, f: Fields, name: str = "prompt") -> tuple[Prompt, str | None, bool]:
@@ -410,14 +429,17 @@ def completion_prompt(state: State, f: Fields, name: str = "prompt") -> tuple[Pr
 
 
 async def request_job(state: State, f: Fields, prompt: Prompt, limit: int | None, param: str,
-                      tools: ToolSpec | None = None, schema_param: str | None = None) -> Job:
+                      tools: ToolSpec | None = None, schema_param: str | None = None, choices: bool = False) -> Job:
     """The job of a request: its prompt (checked against the context), sampling settings,
     stop strings and what constrains the output (response_format, json_schema, tools;
-    `schema_param` names the schema's field in errors when the API calls it otherwise)."""
+    `schema_param` names the schema's field in errors when the API calls it otherwise).
+    `choices`: the API takes `n` (see n_jobs)."""
     check_context(state, prompt, param)
     o, llm = state.options, state.llm
-    if f.integer("n", 1, 1, 1) != 1 or f.integer("best_of", 1, 1, 1) != 1:
-        raise bad("only one choice per request is supported (n = 1)")
+    if f.integer("n", 1, 1, MAX_CHOICES if choices else 1) != 1 and not choices:
+        raise bad("only one choice per request is supported here (n = 1)", "n")
+    if f.integer("best_of", 1, 1, 1) != 1:
+        raise bad("best_of is not supported (only 1)", "best_of")
     f.string("model")                               # any model name is accepted: there is one
     job = Job(prompt=prompt, params=sampling_params(f, o.sampling, llm.n_vocab, o.sampling.seed),
               max_tokens=limit, stop=f.stop(), ignore_eos=f.boolean("ignore_eos", False),
@@ -485,6 +507,14 @@ async def output_constraint(state: State, f: Fields, tools: ToolSpec | None,
     return lambda: ToolConstraint(structured.vocab, calls)
 
 
+def n_jobs(f: Fields, job: Job) -> list[Job]:
+    """The request's `n` replies: one job each, the i-th with seed + i when the request
+    (or the server) fixed one, so that they differ yet reproduce; greedy ones are equal."""
+    n, seed = f.integer("n", 1, 1, MAX_CHOICES), job.params.seed
+    return [job] + [replace(job, params=replace(job.params, seed=None if seed is None else (seed + i) & SEED_MASK))
+                    for i in range(1, n)]
+
+
 # -- running a job ----------------------------------------------------------------------------
 
 def job_error(state: State, e: Exception) -> APIError | Exception:
@@ -519,30 +549,78 @@ async def collect(state: State, job: Job, request: Request) -> tuple[str, list[T
     return "".join(text), tokens, result, scored
 
 
+async def collect_all(state: State, jobs: list[Job], request: Request) -> list[tuple] | None:
+    """`collect` for several jobs at once (a request's n replies, queued for the slots
+    like any request); None if the client left. One failing stops the others."""
+    tasks = [asyncio.ensure_future(collect(state, job, request)) for job in jobs]
+    try:
+        done = await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()                               # no-op for those that ended
+    return None if any(r is None for _, _, r, _ in done) else done
+
+
+async def events(state: State, jobs: list[Job]) -> AsyncIterator[tuple[int, str, Any]]:
+    """The events of several jobs run at once, each with its job's index, in the order
+    they come; closing this cancels the jobs still running."""
+    if len(jobs) == 1:
+        async with aclosing(state.pool.run(jobs[0])) as run:
+            async for kind, v in run:
+                yield 0, kind, v
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, job: Job) -> None:
+        try:
+            async with aclosing(state.pool.run(job)) as run:
+                async for kind, v in run:
+                    await queue.put((i, kind, v))
+        finally:
+            await queue.put((i, None, None))
+
+    tasks = [asyncio.ensure_future(pump(i, job)) for i, job in enumerate(jobs)]
+    try:
+        running = len(jobs)
+        while running:
+            i, kind, v = await queue.get()
+            if kind is None:
+                running -= 1
+            else:
+                yield i, kind, v
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
 def error_chunks(e: Exception) -> list[dict]:
     """An error once a stream began (the status is already sent), as OpenAI's error body."""
     return [e.body() if isinstance(e, APIError) else
             error_body("the server failed while generating; see its log", "server_error")]
 
 
-def stream(state: State, job: Job, render: Callable[[str, Any], list[dict]], opening: list[dict] = (),
-           done: bool = True, frame: Callable[[dict], bytes] = sse,
+def stream(state: State, job: Job | list[Job], render: Callable[[str, Any], list[dict]] | list[Callable],
+           opening: list[dict] = (), done: bool = True, frame: Callable[[dict], bytes] = sse,
            error: Callable[[Exception], list[dict]] = error_chunks) -> StreamingResponse:
     """A job's events as server-sent events: the `opening` chunks, then each event
     ("progress", "prompt_logprobs", "token", "done") as the chunks the API's `render`
     makes of it (an error after the stream began becomes the chunks `error` makes of
-    it), then [DONE] if `done`. `frame` writes a chunk (named events: sse_event)."""
+    it), then [DONE] if `done`. `frame` writes a chunk (named events: sse_event). Several
+    jobs (n replies): one `render` each, their events interleaved."""
+    jobs = job if isinstance(job, list) else [job]
+    renders = render if isinstance(render, list) else [render]
+
     async def body() -> AsyncIterator[bytes]:
         for c in opening:
             yield frame(c)
-        async with aclosing(state.pool.run(job)) as run:
-            async for kind, v in run:
+        async with aclosing(events(state, jobs)) as run:
+            async for i, kind, v in run:
                 if kind == "error":
                     chunks = error(job_error(state, v))
                 else:
                     if kind == "done":
                         state.finished(v)
-                    chunks = render(kind, v)
+                    chunks = renders[i](kind, v)
                 for c in chunks:
                     yield frame(c)
         if done:

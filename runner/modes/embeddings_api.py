@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..embedding import Pooling, default_pooling, embed_packs, input_items, token_lists
-from .api_common import Fields, State, bad, model_id, parse_json
+from .api_common import Fields, State, bad, parse_json
 
 ENCODINGS = ("float", "base64")
 
@@ -98,7 +98,7 @@ async def openai_embeddings(state: State, request: Request) -> Response:
         # why: OpenAI's base64 is the little-endian float32 bytes (its client decodes them so)
         return base64.b64encode(v.astype("<f4").tobytes()).decode() if fmt == "base64" else v.tolist()
 
-    return JSONResponse({"object": "list", "model": model or model_id(state.llm),
+    return JSONResponse({"object": "list", "model": model or state.model_id,
                          "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
                                   for i, v in enumerate(vectors)],
                          "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})

@@ -87,3 +87,56 @@ def is_json(content_type: str | None) -> bool:
         return False
     mime = content_type.split(";", 1)[0].strip().lower()
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
+
+
+class CorsPolicy:
+    """Which other origins' pages may read the API's answers (CORS), from --cors-origins:
+    "*" any, "localhost" pages served from a loopback origin (the default; any scheme and
+    port), "none" no other page, or a comma-separated list of exact origins
+    ("https://app.example.org,chrome-extension://ID"). llama-server allows "*" by default;
+    here "*" is a choice, since any site's page could then drive a local model (see the
+    module's docstring)."""
+
+    METHODS = "GET, POST, OPTIONS"
+
+    def __init__(self, origins: str = "localhost"):
+        items = {o.strip().rstrip("/") for o in origins.split(",") if o.strip()}
+        self.any = "*" in items
+        self.local = "localhost" in items
+        self.exact = {o.lower() for o in items - {"*", "localhost", "none"}}
+
+    def allows(self, origin: str) -> bool:
+        if self.any:
+            return True
+        if origin.lower() in self.exact:
+            return True
+        if not self.local or "://" not in origin:
+            return False
+        name = host_name(origin.split("://", 1)[1])
+        if not name:
+            return False
+        if name in LOOPBACK_NAMES or name.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+    def headers(self, origin: str | None) -> list[tuple[bytes, bytes]]:
+        """The Access-Control-Allow-Origin header (and Vary) for a request from `origin`;
+        none when it has no Origin or the origin is not allowed."""
+        if not origin or not self.allows(origin):
+            return []
+        if self.any:
+            return [(b"access-control-allow-origin", b"*")]
+        return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+
+    def preflight(self, origin: str | None, requested_headers: str | None) -> list[tuple[bytes, bytes]]:
+        """The headers of the answer to an OPTIONS request: the methods, and the request
+        headers it asked for (named, since a "*" would not cover Authorization)."""
+        out = self.headers(origin)
+        if out:
+            out += [(b"access-control-allow-methods", self.METHODS.encode()), (b"access-control-max-age", b"600")]
+            if requested_headers:
+                out.append((b"access-control-allow-headers", requested_headers.encode("latin-1")))
+        return out

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from ..chat import ChatError
 from ..generation import Result
 from ..structured.tools import CallParser, ToolError, ToolSpec, parse_tools, parser_mode
-from .api_common import (APIError, Fields, State, bad, collect, max_tokens, model_id, parse_json, request_job,
+from .api_common import (APIError, Fields, State, bad, collect, max_tokens, parse_json, request_job,
                          sampling_fields, sse_event, stream)
 
 ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
@@ -237,7 +237,7 @@ async def create(state: State, request: Request) -> Response:
         return {"id": resp_id, "object": "response", "created_at": created, "status": status, "error": None,
                 "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
                 "instructions": f.string("instructions"), "max_output_tokens": limit,
-                "model": f.string("model") or model_id(state.llm), "output": output,
+                "model": f.string("model") or state.model_id, "output": output,
                 "parallel_tool_calls": tools.parallel if tools else True, "previous_response_id": None,
                 "reasoning": {"effort": None, "summary": None}, "store": False, "temperature": p.temperature,
                 "text": {"format": fmt}, "tool_choice": echo_choice, "tools": echo_tools, "top_p": p.top_p,

@@ -52,7 +52,8 @@ class Chore:
 
 
 class Scheduler:
-    def __init__(self):
+    def __init__(self, decoded: Callable[[int], None] = lambda busy: None):
+        self.decoded = decoded                            # called after each pass over the weights (metrics)
         self.inbox: queue.Queue[Running | Chore] = queue.Queue()
         self.stopping = threading.Event()
         self.active: list[Running] = []
@@ -108,6 +109,7 @@ class Scheduler:
         jobs = {r.gen: r for r in self.active}
         events = step(list(jobs), PREFILL_CHUNK, draft=self.inbox.empty() and not self.chores,
                       stopped=lambda: any(r.cancel.is_set() for r in self.active))
+        self.decoded(len(jobs))
         with closing(events):                             # a drafted round cuts its cache back
             for g, event in events:
                 r = jobs[g]
@@ -132,6 +134,7 @@ class Scheduler:
         try:
             if not c.cancel.is_set():
                 next(c.work)
+                self.decoded(0)
                 return
             result, error = None, None                    # the client left: drop the rest
         except StopIteration as s:

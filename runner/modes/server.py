@@ -1,11 +1,12 @@
 """--server: the web page and an OpenAI-compatible API on FastAPI/uvicorn.
 
     gemma-runner --server [--host 127.0.0.1] [--port 8080] [--nobrowser] [--api-key KEY] [-np N]
-                          [--allowed-hosts NAME,...] [--timeout S]
+                          [--allowed-hosts NAME,...] [--cors-origins ORIGINS] [--timeout S]
 
 Routes: GET / (the page, runner/web/), /health, /v1/models, /props, /slots, /metrics;
 POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages,
-/v1/messages/count_tokens, /completion, /embedding, /tokenize, /detokenize.
+/v1/messages/count_tokens, /completion, /embedding, /tokenize, /detokenize, /apply-template. Without /v1,
+each path is llama-server's alias: /completions is /completion (llama.cpp's shape).
 
 The API answers in OpenAI's error shape: 400 for anything wrong in a request, 401 for a
 missing or wrong key (with --api-key: every route but the page and /health), 403 for a
@@ -23,6 +24,11 @@ responses), then the slot pool (slots), then the compute thread (scheduler), whi
 the engine's decoding step and, between its steps, the work that needs no slot
 (embeddings). Under /v1/messages every error answer, from any layer, is rewritten in
 Anthropic's shape (anthropic_api.ErrorShape).
+
+GET /openapi.json describes the routes and their request bodies (bodies.py declares them,
+and checks each body against its model before the route runs). There is no /docs page:
+Swagger UI loads its scripts from a CDN (this server fetches and serves nothing from the
+network), and behind --api-key a browser could not open it; OpenAPI tools read the schema.
 """
 from __future__ import annotations
 
@@ -42,17 +48,17 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from . import anthropic_api, embeddings_api, llama_api, openai_api, responses_api
-from .api_common import APIError, Options, State, error_body, model_id
+from . import anthropic_api, bodies, embeddings_api, llama_api, openai_api, responses_api
+from .api_common import APIError, Options, State, error_body
 from .limits import BodyReader, uvicorn_config
-from .origin import HostCheck, is_json
+from .origin import CorsPolicy, HostCheck, is_json
 from .slots import SlotPool
 
 WEB = Path(__file__).resolve().parent.parent / "web"
-PUBLIC = ("/", "/health", "/favicon.ico")          # never behind the API key
-KNOWN = ("/v1/chat/completions", "/v1/completions", "/completion", "/tokenize", "/detokenize", "/v1/models",
-         "/props", "/slots", "/metrics", "/v1/embeddings", "/embedding", "/embeddings", "/v1/responses",
-         "/v1/messages", "/v1/messages/count_tokens")   # paths counted by name when refused
+PUBLIC = ("/", "/health", "/v1/health", "/favicon.ico")     # never behind the API key (llama-server's too)
+KNOWN = ("/v1/chat/completions", "/v1/completions", "/completion", "/completions", "/apply-template", "/tokenize",
+         "/detokenize", "/v1/models", "/props", "/slots", "/metrics", "/v1/embeddings", "/embedding", "/embeddings",
+         "/v1/responses", "/v1/messages", "/v1/messages/count_tokens")   # paths counted by name when refused
 INPUT_ERRORS = (ValueError, TypeError, LookupError, ArithmeticError, UnicodeError, RecursionError)
 
 
@@ -97,12 +103,14 @@ def create_app(llm, options: Options | object | None = None) -> FastAPI:
         if state.pool is not None:
             state.pool.shutdown()                    # running generations stop at their next token
 
-    app = FastAPI(title="gemma-runner", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(title="gemma-runner", docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+                  lifespan=lifespan)
     app.state.gemma = state
     # Starlette wraps the last added middleware around the rest. Guard is the outermost one
-    # that answers requests (a CORS middleware goes before it, so that preflights pass the
-    # Host check first); ErrorShape, outside it, answers nothing and only rewrites the
-    # error bodies of Anthropic's routes, Guard's 401 and 503 included.
+    # that answers requests, CORS included (so that preflights pass the Host check first
+    # and its own error answers carry the CORS headers); ErrorShape, outside it, answers
+    # nothing and only rewrites the error bodies of Anthropic's routes, Guard's 401 and
+    # 503 included.
     app.add_middleware(Guard, state=state)
     app.add_middleware(anthropic_api.ErrorShape)
 
@@ -119,19 +127,23 @@ def create_app(llm, options: Options | object | None = None) -> FastAPI:
         return error_response(e.status_code, message, kind, e.status_code, getattr(e, "headers", None))
 
     install_routes(app, state)
+    bodies.publish(app)
     return app
 
 
 class Guard:
     """ASGI middleware (plain, so streams and disconnects pass through untouched), in this
-    order: the Host check against DNS rebinding (origin.py; 403), the API key (401; not
-    for CORS preflights, which carry no credentials), a JSON content type on POST (415),
-    503 while loading, bounds on the request body (limits.BodyReader), a clean answer
-    for unexpected exceptions, request counts."""
+    order: the Host check against DNS rebinding (origin.py; 403), CORS (the
+    Access-Control-Allow-Origin header on every answer after it, for the origins
+    --cors-origins allows; OPTIONS preflights answered here, without credentials), the
+    API key (401), a JSON content type on POST (415), 503 while loading, bounds on the
+    request body (limits.BodyReader), a clean answer for unexpected exceptions, request
+    counts."""
 
     def __init__(self, app, state: State):
         self.app, self.state = app, state
         self.hosts = HostCheck(state.options.host, state.options.allowed_hosts)
+        self.cors = CorsPolicy(state.options.cors_origins)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -147,7 +159,16 @@ class Guard:
                                         f"to a loopback address and answers to localhost, 127.0.0.1 and [::1] "
                                         f"(--allowed-hosts adds names)", "permission_error",
                                         "host_not_allowed")(scope, receive, send)
-        public = path in PUBLIC or path.startswith("/web/") or method == "OPTIONS"
+        origin = header(scope, b"origin")
+        if method == "OPTIONS":                      # a CORS preflight: no credentials, no body
+            state.metrics.request(counted, 204)
+            allowed = self.cors.preflight(origin, header(scope, b"access-control-request-headers"))
+            return await send_headers(Response(status_code=204, headers={"Allow": CorsPolicy.METHODS}),
+                                      allowed)(scope, receive, send)
+        cors = self.cors.headers(origin)
+        if cors:
+            send = with_headers(send, cors)
+        public = path in PUBLIC or path.startswith("/web/")
         key = state.options.api_key
         if key and not public and not authorized(scope, key):
             state.metrics.request(counted, 401)
@@ -196,6 +217,20 @@ class Guard:
         state.metrics.request(getattr(route, "path", None) or "other", status or 0)
 
 
+def with_headers(send, extra: list[tuple[bytes, bytes]]):
+    """`send` that adds `extra` headers to the response."""
+    async def wrapped(message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+    return wrapped
+
+
+def send_headers(response: Response, extra: list[tuple[bytes, bytes]]) -> Response:
+    response.raw_headers.extend(extra)
+    return response
+
+
 def header(scope, name: bytes) -> str | None:
     """A request header's value (the first, if repeated), or None."""
     for k, v in scope.get("headers", []):
@@ -236,6 +271,7 @@ def loading_response(state: State) -> Response:
 
 def install_routes(app: FastAPI, state: State) -> None:
     @app.get("/health")
+    @app.get("/v1/health")
     async def health() -> Response:
         if state.llm is None:
             return loading_response(state)
@@ -246,51 +282,56 @@ def install_routes(app: FastAPI, state: State) -> None:
     async def models() -> Response:
         llm = state.llm
         return JSONResponse({"object": "list", "data": [{
-            "id": model_id(llm), "object": "model", "created": state.started,
+            "id": state.model_id, "object": "model", "created": state.started,
             "owned_by": "gemma-runner",
             "meta": {"name": llm.name, "n_ctx": llm.n_ctx, "n_vocab": llm.n_vocab}}]})
 
-    @app.post("/v1/chat/completions")
-    @app.post("/chat/completions")
+    @app.post("/v1/chat/completions", **bodies.route(bodies.ChatCompletionRequest))
+    @app.post("/chat/completions", **bodies.route(bodies.ChatCompletionRequest, listed=False))
     async def chat_completions(request: Request) -> Response:
         return await openai_api.chat_completions(state, request)
 
-    @app.post("/v1/completions")
-    @app.post("/completions")
+    @app.post("/v1/completions", **bodies.route(bodies.CompletionRequest))
     async def completions(request: Request) -> Response:
         return await openai_api.completions(state, request)
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", **bodies.route(bodies.EmbeddingRequest))
     async def embeddings(request: Request) -> Response:
         return await embeddings_api.openai_embeddings(state, request)
 
-    @app.post("/embedding")
-    @app.post("/embeddings")
+    @app.post("/embedding", **bodies.route(bodies.LlamaEmbeddingRequest))
+    @app.post("/embeddings", **bodies.route(bodies.LlamaEmbeddingRequest, listed=False))
     async def embedding(request: Request) -> Response:
         return await embeddings_api.llama_embeddings(state, request)
 
-    @app.post("/v1/responses")
-    @app.post("/responses")
+    @app.post("/v1/responses", **bodies.route(bodies.ResponsesRequest))
+    @app.post("/responses", **bodies.route(bodies.ResponsesRequest, listed=False))
     async def responses(request: Request) -> Response:
         return await responses_api.create(state, request)
 
-    @app.post("/v1/messages")
+    @app.post("/v1/messages", **bodies.route(bodies.MessagesRequest, anthropic=True))
     async def messages(request: Request) -> Response:
         return await anthropic_api.messages(state, request)
 
-    @app.post("/v1/messages/count_tokens")
+    @app.post("/v1/messages/count_tokens", **bodies.route(bodies.CountTokensRequest, anthropic=True))
     async def count_tokens(request: Request) -> Response:
         return await anthropic_api.count_tokens(state, request)
 
-    @app.post("/completion")
+    @app.post("/completion", **bodies.route(bodies.LlamaCompletionRequest))
+    # llama-server's alias of /completion, not of /v1/completions
+    @app.post("/completions", **bodies.route(bodies.LlamaCompletionRequest, listed=False))
     async def completion(request: Request) -> Response:
         return await llama_api.completion(state, request)
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", **bodies.route(bodies.TokenizeRequest))
     async def tokenize(request: Request) -> Response:
         return await llama_api.tokenize(state, request)
 
-    @app.post("/detokenize")
+    @app.post("/apply-template", **bodies.route(bodies.ApplyTemplateRequest))
+    async def apply_template(request: Request) -> Response:
+        return await llama_api.apply_template(state, request)
+
+    @app.post("/detokenize", **bodies.route(bodies.DetokenizeRequest))
     async def detokenize(request: Request) -> Response:
         return await llama_api.detokenize(state, request)
 
@@ -306,13 +347,14 @@ def install_routes(app: FastAPI, state: State) -> None:
     async def metrics() -> Response:
         pool = state.pool
         return PlainTextResponse(state.metrics.render(pool.busy, pool.waiting, len(pool.slots)),
-                                 media_type="text/plain; version=0.0.4")
+                                 media_type="text/plain; version=0.0.4",
+                                 headers={"Process-Start-Time-Unix": str(state.started)})
 
-    @app.get("/")
+    @app.get("/", include_in_schema=False)
     async def index() -> Response:
         return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/favicon.ico")
+    @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> Response:
         return Response(status_code=204)
 
@@ -408,6 +450,9 @@ def run(llm, args, name: str = "") -> int:
     url = browse_url(options.host, port)
     print(f"{name or 'gemma-runner'}: serving the chat page at {url} and the OpenAI API at {url}v1 "
           f"({options.parallel} slot{'s' if options.parallel > 1 else ''}; Ctrl-C stops)", flush=True)
+    if CorsPolicy(options.cors_origins).any and not options.api_key:
+        app.state.gemma.log("warning: --cors-origins '*' without --api-key: any web page you visit can use "
+                            "this server")                # as llama-server warns
     config = uvicorn_config(app, options, log_level="info" if options.log else "critical", access_log=options.log,
                             timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)

@@ -52,19 +52,30 @@ class Job:
 
 
 class Metrics:
-    """Counters for /metrics, updated from the event loop and the workers."""
+    """Counters for /metrics, updated from the event loop and the compute thread; named
+    and defined as llama-server's (`llamacpp:...`), plus a few of ours (`gemma_runner_...`)."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.requests: Counter[tuple[str, int]] = Counter()
         self.prompt_tokens = self.cached_tokens = self.generated_tokens = 0
         self.prefill_s = self.decode_s = 0.0
+        self.draft_n = self.draft_accepted = 0
+        self.n_decode = self.n_busy_slots = self.n_tokens_max = 0
         self.completions = 0
         self.cancelled = 0
+        self.window = _Window()          # the throughput gauges: since the last scrape, as llama-server
 
     def request(self, path: str, status: int) -> None:
         with self.lock:
             self.requests[(path, status)] += 1
+
+    def decoded(self, busy: int) -> None:
+        """One pass over the weights (a decoding step, or a piece of an embedding) with
+        `busy` replies in it."""
+        with self.lock:
+            self.n_decode += 1
+            self.n_busy_slots += busy
 
     def record(self, r: Result) -> None:
         with self.lock:
@@ -75,38 +86,76 @@ class Metrics:
             self.prefill_s += r.prefill_s
             self.generated_tokens += r.generated_tokens
             self.decode_s += r.decode_s
+            self.draft_n += r.draft_n
+            self.draft_accepted += r.draft_accepted
+            self.n_tokens_max = max(self.n_tokens_max, r.prompt_tokens + r.generated_tokens)
+            w = self.window
+            w.prompt_n += r.prompt_tokens - r.cached_tokens
+            w.prompt_s += r.prefill_s
+            w.decode_steps += r.decode_steps
+            w.decode_s += r.decode_s
 
     def render(self, busy: int, waiting: int, slots: int) -> str:
-        """Prometheus text exposition format."""
+        """Prometheus text exposition format. Like llama-server, the throughput gauges
+        average over the time since the previous scrape, which this one starts anew."""
         with self.lock:
-            prefilled = self.prompt_tokens - self.cached_tokens
-            rows = [
+            w, self.window = self.window, _Window()
+            llamacpp = [
+                ("prompt_tokens_total", "counter", "Number of prompt tokens processed, excluding cached tokens",
+                 self.prompt_tokens - self.cached_tokens),
+                ("prompt_tokens_cached_total", "counter", "Number of prompt tokens reused from the cache",
+                 self.cached_tokens),
+                ("prompt_seconds_total", "counter", "Total time spent processing prompts", self.prefill_s),
+                ("tokens_predicted_total", "counter", "Number of generation tokens processed", self.generated_tokens),
+                ("tokens_predicted_seconds_total", "counter", "Total time spent generating tokens", self.decode_s),
+                ("n_decode_total", "counter", "Total number of decoding steps (passes over the weights)",
+                 self.n_decode),
+                ("n_tokens_max", "counter", "Largest observed sequence length (prompt + generation)",
+                 self.n_tokens_max),
+                ("spec_decode_num_draft_tokens_total", "counter", "Speculative: Total draft tokens generated",
+                 self.draft_n),
+                ("spec_decode_num_accepted_tokens_total", "counter",
+                 "Speculative: Total draft tokens accepted by the target model", self.draft_accepted),
+                ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s",
+                 rate(w.prompt_n, w.prompt_s)),
+                ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s",
+                 rate(w.decode_steps, w.decode_s)),
+                ("requests_processing", "gauge", "Number of requests processing", busy),
+                ("requests_deferred", "gauge", "Number of requests deferred", waiting),
+                ("n_busy_slots_per_decode", "gauge", "Average number of busy slots per decoding step",
+                 self.n_busy_slots / max(self.n_decode, 1)),
+            ]
+            ours = [
                 ("requests_total", "counter", "HTTP requests by route and status",
                  [({"path": p, "status": str(s)}, n) for (p, s), n in sorted(self.requests.items())]),
                 ("completions_total", "counter", "generations run (cancelled ones included)", [({}, self.completions)]),
                 ("completions_cancelled_total", "counter", "generations stopped because the client left",
                  [({}, self.cancelled)]),
-                ("prompt_tokens_total", "counter", "prompt tokens of all generations", [({}, self.prompt_tokens)]),
-                ("prompt_tokens_cached_total", "counter", "prompt tokens reused from a slot's cache",
-                 [({}, self.cached_tokens)]),
-                ("prompt_seconds_total", "counter", "time spent on prefill", [({}, self.prefill_s)]),
-                ("tokens_predicted_total", "counter", "generated tokens", [({}, self.generated_tokens)]),
-                ("tokens_predicted_seconds_total", "counter", "time spent on decoding", [({}, self.decode_s)]),
-                ("prompt_tokens_per_second", "gauge", "average prefill throughput",
-                 [({}, rate(prefilled, self.prefill_s))]),
-                ("predicted_tokens_per_second", "gauge", "average decode throughput",
-                 [({}, rate(self.generated_tokens, self.decode_s))]),
-                ("requests_processing", "gauge", "slots generating now", [({}, busy)]),
-                ("requests_deferred", "gauge", "requests waiting for a slot", [({}, waiting)]),
                 ("slots", "gauge", "parallel slots (-np)", [({}, slots)]),
             ]
         out = []
-        for name, kind, help_, samples in rows:
+        for name, kind, help_, v in llamacpp:
+            out += [f"# HELP llamacpp:{name} {help_}", f"# TYPE llamacpp:{name} {kind}",
+                    f"llamacpp:{name} {_number(v)}"]
+        for name, kind, help_, samples in ours:
             out += [f"# HELP gemma_runner_{name} {help_}", f"# TYPE gemma_runner_{name} {kind}"]
             for labels, v in samples:
                 lab = ",".join(f'{k}="{_label(x)}"' for k, x in labels.items())
-                out.append(f"gemma_runner_{name}{{{lab}}} {v:g}" if lab else f"gemma_runner_{name} {v:g}")
+                out.append(f"gemma_runner_{name}{{{lab}}} {_number(v)}" if lab else f"gemma_runner_{name} {_number(v)}")
         return "\n".join(out) + "\n"
+
+
+@dataclass
+class _Window:
+    """Prompt and generation work since the last scrape (the throughput gauges)."""
+    prompt_n: int = 0
+    prompt_s: float = 0.0
+    decode_steps: int = 0       # the first token of a reply comes with the prompt: no step of its own
+    decode_s: float = 0.0
+
+
+def _number(v: float) -> str:
+    return str(v) if isinstance(v, int) else f"{v:.6f}"     # never 1.23457e+06 for a count
 
 
 def _label(v: str) -> str:
@@ -126,7 +175,7 @@ class SlotPool:
         self.metrics = metrics
         self._waiters: deque[tuple[asyncio.Future, list[int]]] = deque()
         self._cancels: set[threading.Event] = set()
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(metrics.decoded)
 
     @property
     def busy(self) -> int:

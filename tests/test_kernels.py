@@ -1,0 +1,165 @@
+"""The compiled kernels (runner/kernels) against independent references: gguf-py's
+dequantization (bit-exact oracle) and float64 products of its dequantized weights.
+
+Tolerance of a product. Activations stay float32 and are never quantized, so a kernel's
+result differs from the exact product only by float32 rounding while it sums n_in
+terms w_i x_i. Rounding errors of a sum of n terms add up like a random walk: about
+u sqrt(n) ||w * x||_2, with u = 2^-24 (float32) and ||w * x||_2 the 2-norm of the
+terms. We allow twice that of the kernels: over every type, row length and T below,
+the largest error measured was 0.97 of it. numpy's float32 BLAS (what Linear uses for
+many rows, and the numpy path) rounds more (its micro-kernel sums a row in one chain):
+up to 3.2 of it over 30 draws of the Linear test, which allows 6. A wrong scale,
+nibble, sign or bit lands at whole percents of the result instead, ~10^4 times further.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, quants as ggq
+
+from runner import kernels
+from runner import model as M
+from runner.quants import QUANT_SIZES, GGMLType
+
+from test_quants import random_blocks
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba is not installed")
+
+U = 2.0 ** -24
+KERNEL_TOLERANCE = 2.0              # in units of u sqrt(n_in) ||w * x||_2 (see above)
+BLAS_TOLERANCE = 6.0
+TYPES = sorted(kernels.TYPES, key=int)
+
+
+def values_per_block(qtype: GGMLType) -> int:
+    return QUANT_SIZES[qtype][0]
+
+
+def row_lengths(qtype: GGMLType) -> list[int]:
+    """One unit, a few, and lengths that leave units after whole groups of eight."""
+    if values_per_block(qtype) == 256:
+        return [256, 768, 2304]
+    return [32, 96, 288, 640]
+
+
+def raw_rows(qtype: GGMLType, n_out: int, n_in: int, seed: int) -> np.ndarray:
+    """Random stored rows with extreme but finite fp16 scales (test_quants.random_blocks)."""
+    rng = np.random.default_rng(seed)
+    return random_blocks(rng, qtype, n_out, n_in // values_per_block(qtype))
+
+
+def oracle(raw: np.ndarray, qtype: GGMLType) -> np.ndarray:
+    return ggq.dequantize(raw, GGMLQuantizationType(int(qtype)))
+
+
+def assert_close_to_float64(y: np.ndarray, w: np.ndarray, x: np.ndarray, tolerance: float = KERNEL_TOLERANCE) -> None:
+    """y [T, out] against the float64 product of x [T, in] and w [out, in]."""
+    terms = x.astype(np.float64)[:, None, :] * w.astype(np.float64)[None, :, :]   # [T, out, in]
+    exact = terms.sum(-1)
+    bound = tolerance * U * np.sqrt(x.shape[1]) * np.sqrt((terms ** 2).sum(-1))
+    err = np.abs(y - exact)
+    assert y.dtype == np.float32 and y.shape == exact.shape
+    assert (err <= bound).all(), f"worst error {(err / np.maximum(bound, 1e-300)).max():.2f} x the bound"
+
+
+@pytest.fixture
+def one_thread():
+    before = kernels.threads()
+    kernels.set_threads(1)
+    yield
+    kernels.set_threads(before)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_product_equals_float64_of_dequantized(qtype):
+    for i, n_in in enumerate(row_lengths(qtype)):
+        raw = raw_rows(qtype, 37, n_in, seed=int(qtype) * 10 + i)     # 37: blocks of 16 rows and a tail
+        w = oracle(raw, qtype)
+        rng = np.random.default_rng(i)
+        for T in range(1, 17) if i == 1 else (1, 4, 7):
+            x = rng.standard_normal((T, n_in)).astype(np.float32)
+            assert_close_to_float64(kernels.matmul(raw, qtype, x), w, x)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_threaded_equals_single_threaded(qtype, one_thread):
+    raw = raw_rows(qtype, 300, row_lengths(qtype)[1], seed=int(qtype))
+    x = np.random.default_rng(2).standard_normal((5, raw.shape[1] * values_per_block(qtype)
+                                                  // QUANT_SIZES[qtype][1])).astype(np.float32)
+    single = [kernels.matmul(raw, qtype, x[:T]) for T in (1, 5)]
+    kernels.set_threads(2)
+    assert kernels.threads() == 2
+    for T, ref in zip((1, 5), single):
+        np.testing.assert_array_equal(kernels.matmul(raw, qtype, x[:T]), ref)   # a row is one thread's work
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_dequantize_and_rows_are_bit_exact(qtype):
+    raw = raw_rows(qtype, 41, row_lengths(qtype)[-1], seed=int(qtype) + 1)
+    ref = oracle(raw, qtype).astype(np.float32)
+    out = np.full(ref.shape, np.nan, dtype=np.float32)
+    assert kernels.dequantize(raw, qtype, out=out) is out
+    np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
+    ids = np.array([40, 0, 7, 7, 13])
+    np.testing.assert_array_equal(kernels.dequantize(raw, qtype, ids).view(np.uint32), ref[ids].view(np.uint32))
+    np.testing.assert_array_equal(kernels.dequantize(raw, qtype, slice(5, 9)), ref[5:9])
+
+
+@pytest.mark.fast
+def test_linear_parts_of_different_types_write_their_columns():
+    """A fused matrix (attn_q | attn_k | attn_v) of three types: the kernels for a few
+    rows, dequantized blocks and BLAS for many, float32 weights for the numpy path."""
+    n_in = 256
+    types = [GGMLType.Q4_K, GGMLType.Q8_0, GGMLType.Q6_K]
+    parts = [(raw_rows(t, n, n_in, seed=i), t) for i, (t, n) in enumerate(zip(types, (64, 16, 40)))]
+    w = np.concatenate([oracle(raw, t) for raw, t in parts])
+    quantized, f32 = M.Linear(parts, n_in, quantized=True), M.Linear(parts, n_in, quantized=False)
+    assert quantized.w is None and quantized.n_out == 120
+    rng = np.random.default_rng(3)
+    for T in (1, 3, 16, 17, 40):
+        x = rng.standard_normal((T, n_in)).astype(np.float32)
+        assert_close_to_float64(quantized(x), w, x, KERNEL_TOLERANCE if T <= M.Linear.FEW_ROWS else BLAS_TOLERANCE)
+        assert_close_to_float64(f32(x), w, x, BLAS_TOLERANCE)
+    emb = M.Linear(parts[:1], n_in, quantized=True)
+    ids = np.array([3, 63, 3])
+    np.testing.assert_array_equal(emb.rows(ids), w[ids].astype(np.float32))
+
+
+@pytest.mark.fast
+def test_blocks_of_rows_for_blas_cover_the_matrix(monkeypatch):
+    """Many rows of x go through BLAS a block of W's rows at a time: blocks smaller than
+    the matrix, across the boundary of two parts, and a last partial one give the whole
+    product."""
+    monkeypatch.setattr(M.Linear, "BLOCK_VALUES", 7 * 640)
+    parts = [(raw_rows(GGMLType.Q5_0, 50, 640, seed=4), GGMLType.Q5_0),
+             (raw_rows(GGMLType.Q8_0, 23, 640, seed=5), GGMLType.Q8_0)]
+    x = np.random.default_rng(5).standard_normal((20, 640)).astype(np.float32)
+    lin = M.Linear(parts, 640, quantized=True)
+    assert_close_to_float64(lin(x), np.concatenate([oracle(r, t) for r, t in parts]), x, BLAS_TOLERANCE)
+
+
+@pytest.mark.fast
+def test_rows_that_are_not_whole_units_are_refused_and_fall_back():
+    assert kernels.supported(GGMLType.F16, 64) and not kernels.supported(GGMLType.F16, 48)
+    raw = np.random.default_rng(6).standard_normal((9, 48)).astype(np.float16).view(np.uint8)
+    lin = M.Linear([(raw, GGMLType.F16)], 48, quantized=True)      # numpy dequantization inside
+    x = np.random.default_rng(7).standard_normal((2, 48)).astype(np.float32)
+    assert_close_to_float64(lin(x), raw.view(np.float16), x, BLAS_TOLERANCE)
+    with pytest.raises(ValueError, match="rows of 64 values"):
+        kernels.matmul(raw, GGMLType.F16, np.zeros((1, 64), dtype=np.float32))
+
+
+@pytest.mark.fast
+def test_environment_selects_the_numpy_path(monkeypatch):
+    kernels.available.cache_clear()
+    try:
+        monkeypatch.setenv(kernels.ENV, "numpy")
+        assert not kernels.available() and not kernels.supported(GGMLType.Q8_0, 64)
+        kernels.available.cache_clear()
+        monkeypatch.delenv(kernels.ENV)
+        assert kernels.available()
+    finally:
+        kernels.available.cache_clear()

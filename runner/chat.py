@@ -156,7 +156,8 @@ def render_prefilled(messages: list[dict], template: str = "gemma", bos_token: s
     (rendered without a generation prompt, cut after that text). Two assistant messages
     at the end are an error there, and here."""
     if not (isinstance(messages, list) and messages and isinstance(messages[-1], dict)
-            and messages[-1].get("role") in ("assistant", "model")):
+            and messages[-1].get("role") in ("assistant", "model")) or messages[-1].get("tool_calls"):
+        # an assistant turn of tool calls is complete: the next turn follows it
         return render(messages, template, True, bos_token, eos_token, tools)
     if len(messages) >= 2 and isinstance(messages[-2], dict) and messages[-2].get("role") in ("assistant", "model"):
         raise ChatError("cannot have 2 or more assistant messages at the end of the list")

@@ -37,6 +37,9 @@ DEFAULT_MODEL = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
 
 from runner.quants import QUANT_SIZES, GGMLType  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import best_of  # noqa: E402
+
 # (n_out, n_in): 1B ffn_gate/up and ffn_down, 4B ffn_gate/up and ffn_down, 270M output
 SHAPES = [(6912, 1152), (1152, 6912), (10240, 2560), (2560, 10240), (262144, 640)]
 MIN_BYTES = 96 << 20          # rotate copies of a matrix until this much: 3x the L3
@@ -63,15 +66,6 @@ def random_rows(qtype: GGMLType, n_out: int, n_in: int, rng: np.random.Generator
     return raw.reshape(n_out, -1)
 
 
-def best_of(n: int, f) -> float:
-    best = float("inf")
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def bench_kernels(types: list[GGMLType], Ts: list[int], shapes: list[tuple[int, int]], reps: int) -> None:
     from runner import kernels
     from runner.quants import dequantize
@@ -94,7 +88,7 @@ def bench_kernels(types: list[GGMLType], Ts: list[int], shapes: list[tuple[int, 
                                                                      xs[T], out))
                 cells.append(f"{n_out * n_in * T / s / 1e9:6.1f} ({one.nbytes / s / 1e9:4.1f})")
             print(f"{qtype.name:6s} {n_out:>6d}x{n_in:<5d} " + " ".join(f"{c:>14s}" for c in cells), flush=True)
-            del copies
+            copies = []
         # today's path: the float32 matrix through numpy's BLAS (T = 1 and T = 8 rows)
         w = dequantize(random_rows(GGMLType.Q8_0, n_out, n_in, rng), GGMLType.Q8_0)
         copies = [w] + [w.copy() for _ in range(max(0, -(-MIN_BYTES // w.nbytes) - 1))]
@@ -104,7 +98,7 @@ def bench_kernels(types: list[GGMLType], Ts: list[int], shapes: list[tuple[int, 
             s = best_of(reps * len(copies), lambda: xs[T] @ copies[next(it) % len(copies)].T)
             cells.append(f"{n_out * n_in * T / s / 1e9:6.1f} ({w.nbytes / s / 1e9:4.1f})")
         print(f"{'np f32':6s} {n_out:>6d}x{n_in:<5d} " + " ".join(f"{c:>14s}" for c in cells), flush=True)
-        del copies, w
+        copies = w = None          # free before the next shape allocates
 
 
 PARAGRAPH = ("The river rose slowly through the night, and by morning the lower fields were under "

@@ -135,8 +135,9 @@ def test_a_client_leaving_does_not_disturb_the_others(two_slots):
 
 def test_a_client_leaving_while_queued_is_never_run(one_slot):
     runs_before = metric(one_slot, "gemma_runner_completions_total")
+    # long enough to outlast both queued clients' 0.5 s (at 40-50 tok/s, 40 tokens did not)
     busy = threading.Thread(target=lambda: httpx.post(one_slot + "/v1/completions", timeout=120, json={
-        "prompt": "Once upon a time", "max_tokens": 40, "ignore_eos": True, "temperature": 0}))
+        "prompt": "Once upon a time", "max_tokens": 160, "ignore_eos": True, "temperature": 0}))
     busy.start()
     while not any(s["is_processing"] for s in httpx.get(one_slot + "/slots").json()):
         time.sleep(0.02)

@@ -178,6 +178,21 @@ def test_logit_bias_pairs_whose_key_is_not_a_number_are_one_line(served):
 
 
 @pytest.mark.fast
+def test_a_body_is_parsed_once_per_request(base, monkeypatch):
+    """The route's validation and its handler share one parse of the body."""
+    from runner.modes import api_common
+    calls = []
+    real = api_common.parse_json
+    monkeypatch.setattr(api_common, "parse_json", lambda raw: calls.append(len(raw)) or real(raw))
+    for path, body in [("/v1/chat/completions", {"messages": CHAT, "max_tokens": 2}),
+                       ("/tokenize", {"content": "hello"}), ("/v1/embeddings", {"input": "hello"})]:
+        calls.clear()
+        r = httpx.post(base + path, json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert len(calls) == 1, (path, calls)
+
+
+@pytest.mark.fast
 def test_integers_written_as_floats_still_generate(base):
     r = httpx.post(base + "/v1/completions", json={"prompt": "x", "max_tokens": 2.0, "temperature": 0}, timeout=60)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2

@@ -34,7 +34,7 @@ from ..chat import ChatError
 from ..engine import Prompt
 from ..generation import Result, Stop
 from ..structured.tools import CallParser, ToolError, ToolSpec, parse_tools, parser_mode
-from .api_common import (APIError, Fields, State, bad, collect, parse_json, request_job, sampling_fields,
+from .api_common import (APIError, Fields, State, bad, collect, request_json, request_job, sampling_fields,
                          sse_event, stream)
 
 PREFIX = "/v1/messages"
@@ -274,7 +274,7 @@ def usage(r: Result) -> dict:
 
 
 async def count_tokens(state: State, request: Request) -> Response:
-    f = Fields(parse_json(await request.body()))
+    f = Fields(await request_json(request))
     prompt, _ = await prompt_of(state, f)
     return JSONResponse({"input_tokens": len(prompt)})
 
@@ -285,7 +285,7 @@ def tool_use(call: dict) -> dict:
 
 
 async def messages(state: State, request: Request) -> Response:
-    f = Fields(parse_json(await request.body()))
+    f = Fields(await request_json(request))
     if not f.has("max_tokens"):
         raise bad("max_tokens: this field is required")
     limit = f.integer("max_tokens", None, 1)

@@ -200,6 +200,16 @@ def parse_json(raw: bytes) -> Any:
     return body
 
 
+async def request_json(request) -> Any:
+    """The request's body through parse_json, once per request: the route's validation
+    (bodies.validator) parses it first and the handler gets the same object (kept in the
+    request's state, shared by every Request object of one request)."""
+    state = request.state
+    if not hasattr(state, "json_body"):
+        state.json_body = parse_json(await request.body())
+    return state.json_body
+
+
 def _type_name(v: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
             dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)

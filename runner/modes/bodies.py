@@ -18,8 +18,8 @@ A route declares its body in its decorator:
     @app.post("/v1/chat/completions", **bodies.route(bodies.ChatCompletionRequest))
 
 which publishes the schema and adds a dependency that parses the body with
-api_common.parse_json (the hardened parser: 64-bit numbers, bounded nesting) and
-validates it. A mismatch is an APIError 400 naming the field in the style of Fields
+api_common.request_json (the hardened parser: 64-bit numbers, bounded nesting; the
+handler gets the same parsed object) and validates it. A mismatch is an APIError 400 naming the field in the style of Fields
 ("'temperature' must be from 0.0 to 2.0, got 7"), so it is logged on one line and
 answered in the API's error shape (Anthropic's under /v1/messages): never FastAPI's 422.
 """
@@ -35,7 +35,7 @@ from pydantic_core import PydanticCustomError
 from starlette.requests import Request
 
 from ..sampling import OPTIONS, range_text
-from .api_common import MAX_LOGPROBS, MAX_STOP, _type_name, bad, parse_json
+from .api_common import MAX_LOGPROBS, MAX_STOP, _type_name, bad, request_json
 
 REF = "#/components/schemas/{model}"
 
@@ -341,7 +341,7 @@ def validator(model: type[BaseModel]):
     """A route dependency: the request body, parsed and checked against `model` (a 400
     naming the first wrong field)."""
     async def check(request: Request) -> None:
-        body = parse_json(await request.body())      # starlette keeps the body for the route
+        body = await request_json(request)      # parsed once: the route gets this object
         if not isinstance(body, dict):
             raise bad(f"the request body must be a JSON object, not {_type_name(body)}")
         try:

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..embedding import Pooling, default_pooling, embed_packs, input_items, token_lists
-from .api_common import Fields, State, bad, parse_json
+from .api_common import Fields, State, bad, request_json
 
 ENCODINGS = ("float", "base64")
 
@@ -71,7 +71,7 @@ def llama_shape(vectors: list[np.ndarray]) -> list[dict]:
 
 
 async def openai_embeddings(state: State, request: Request) -> Response:
-    f = Fields(parse_json(await request.body()))
+    f = Fields(await request_json(request))
     if not f.has("input") and f.has("content"):
         return await llama_embeddings(state, request, f)      # as llama-server: "content" is its own field
     if not f.has("input"):
@@ -105,7 +105,7 @@ async def openai_embeddings(state: State, request: Request) -> Response:
 
 
 async def llama_embeddings(state: State, request: Request, f: Fields | None = None) -> Response:
-    f = f or Fields(parse_json(await request.body()))
+    f = f or Fields(await request_json(request))
     name = "content" if f.has("content") else "input"
     if not f.has(name):
         raise bad("'content' (a string, an array of strings, or token ids) is required", "content")

@@ -14,7 +14,7 @@ from ..chat import ChatError, render_prefilled
 from ..generation import Result
 from ..sampling import OPTIONS, SamplingParams
 from .api_common import (MAX_LOGPROBS, Fields, State, bad, collect, completion_prompt, finite, max_tokens,
-                         parse_json, request_job, stream, token_piece)
+                         request_json, request_job, stream, token_piece)
 
 
 def probs_entry(tokenizer, tok: int, lp: float, top) -> dict:
@@ -46,7 +46,7 @@ def generation_settings(state: State, p: SamplingParams, n_predict: int | None, 
 
 
 async def completion(state: State, request: Request) -> Response:
-    f = Fields(parse_json(await request.body()))
+    f = Fields(await request_json(request))
     llm = state.llm
     prompt, prompt_text, _ = await run_in_threadpool(completion_prompt, state, f)
     job = await request_job(state, f, prompt, max_tokens(f, state.options.n_predict, "n_predict", "max_tokens"),
@@ -95,7 +95,7 @@ async def completion(state: State, request: Request) -> Response:
 
 
 async def tokenize(state: State, request: Request) -> Response:
-    f = Fields(parse_json(await request.body()))
+    f = Fields(await request_json(request))
     content = f.string("content")
     if content is None:
         raise bad("'content' (the text to tokenize) is required", "content")
@@ -110,7 +110,7 @@ async def tokenize(state: State, request: Request) -> Response:
 async def apply_template(state: State, request: Request) -> Response:
     """llama-server's POST /apply-template: the chat prompt `messages` make, as text
     (an image as <start_of_image>), without generating."""
-    f = Fields(parse_json(await request.body()))
+    f = Fields(await request_json(request))
     messages = f.raw("messages")
     if not isinstance(messages, list) or not messages:
         raise bad("'messages' must be a non-empty array of messages", "messages")
@@ -122,7 +122,7 @@ async def apply_template(state: State, request: Request) -> Response:
 
 
 async def detokenize(state: State, request: Request) -> Response:
-    f = Fields(parse_json(await request.body()))
+    f = Fields(await request_json(request))
     ids = f.token_ids("tokens", f.raw("tokens", []), state.llm.n_vocab)
     return JSONResponse({"content": state.llm.detokenize(ids)})
 

@@ -24,7 +24,7 @@ from ..engine import Prompt
 from ..generation import Result, Token
 from ..structured.tools import CallParser, ToolError, ToolSpec, parse_tools, parser_mode
 from .api_common import (MAX_LOGPROBS, Fields, State, bad, collect_all, completion_prompt, finite, max_tokens,
-                         n_jobs, new_id, parse_json, request_job, response_schema, stream, token_piece)
+                         n_jobs, new_id, request_json, request_job, response_schema, stream, token_piece)
 
 FINGERPRINT = "gemma-runner"
 
@@ -89,7 +89,7 @@ def tool_call(call: dict, index: int | None = None) -> dict:
 
 
 async def chat_completions(state: State, request: Request) -> Response:
-    f = Fields(parse_json(await request.body()))
+    f = Fields(await request_json(request))
     llm = state.llm
     messages = f.raw("messages")
     if not isinstance(messages, list) or not messages:
@@ -207,7 +207,7 @@ class LegacyLogprobs:
 
 
 async def completions(state: State, request: Request) -> Response:
-    f = Fields(parse_json(await request.body()))
+    f = Fields(await request_json(request))
     llm = state.llm
     prompt, text, added_bos = await run_in_threadpool(completion_prompt, state, f)
     if f.string("suffix"):

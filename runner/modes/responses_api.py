@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from ..chat import ChatError
 from ..generation import Result
 from ..structured.tools import CallParser, ToolError, ToolSpec, parse_tools, parser_mode
-from .api_common import (APIError, Fields, State, bad, collect, max_tokens, parse_json, request_job,
+from .api_common import (APIError, Fields, State, bad, collect, max_tokens, request_json, request_job,
                          sampling_fields, sse_event, stream)
 
 ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
@@ -208,7 +208,7 @@ def function_call(call: dict, status: str = "completed") -> dict:
 
 
 async def create(state: State, request: Request) -> Response:
-    f = Fields(parse_json(await request.body()))
+    f = Fields(await request_json(request))
     check_refused(f)
     if not f.has("input"):
         raise bad("'input' (a string or an array of message items) is required", "input")

@@ -11,6 +11,16 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
 
 
+def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
+    """Under `-m fast`, a test module that marks nothing fast is not imported at all.
+    why: several import torch and transformers at the top (about 4 s of a one-minute
+    tier) only for tests the tier deselects anyway."""
+    if config.getoption("markexpr", "") != "fast" or collection_path.suffix != ".py" \
+            or not collection_path.name.startswith("test_"):
+        return None
+    return "mark.fast" not in collection_path.read_text(encoding="utf-8") or None
+
+
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     if not MODEL.exists():

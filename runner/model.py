@@ -123,8 +123,9 @@ class Linear:
     Quantized (the default where the compiled kernels run): each part stays as the file
     stores it, a view of the memory map. A few rows of x (decode, batched decode, drafted
     tokens) are multiplied straight from the blocks, each weight read once for all rows;
-    more rows (a prompt) dequantize a block of W's rows at a time into a reused float32
-    buffer and multiply with numpy's BLAS. Float32 (`quantized=False`, the numpy path):
+    more rows (a prompt) too where the kernels' many-row product beats BLAS for every
+    part's type (kernels.many_rows: Q4_0), else a block of W's rows at a time is
+    dequantized into a reused float32 buffer and multiplied with numpy's BLAS. Float32 (`quantized=False`, the numpy path):
     the whole matrix dequantized at load, `w`, and BLAS for everything."""
 
     FEW_ROWS = 16            # up to this many rows of x: the kernels
@@ -168,7 +169,7 @@ class Linear:
         T = x.shape[0]
         out = np.empty((T, self.n_out), dtype=F32)
         x = np.ascontiguousarray(x, dtype=F32)
-        if T <= self.FEW_ROWS and self.runs:
+        if self.runs and (T <= self.FEW_ROWS or all(kernels.many_rows(qtype) for _, _, qtype in self.runs)):
             for col, raws, qtype in self.runs:
                 kernels.matmul(raws, qtype, x, out, col)
             return out

@@ -2,18 +2,22 @@
 (Q4_K_M) and copies of it requantized to Q4_0, Q6_K and Q8_0 by llama.cpp's own quantizer.
 
 llama.cpp is the reference run by tests/llamacpp_logits.py in its own venv (skipped where
-it is not installed). The two engines do not compute the same numbers: llama.cpp rounds
-the activations to 8 bits before each quantized product and keeps its KV cache in F16,
-ours multiplies float32 activations with the exact dequantized weights. So the exact
-reference is transformers (float32, loading the same file), and llama.cpp is held to what
-that exact reference achieves against it. Measured on this text (317 tokens): transformers
-and ours give the same argmax at every position (|logit difference| < 1e-4) and so the
-same agreement with llama.cpp, 96.5% (Q4_K_M), 96.8% (Q4_0), 95.9% (Q6_K), 97.8% (Q8_0);
-every disagreement is a near-tie (our top-2 margin 0.00-0.55), and the perplexities
-differ by -0.3%, +0.1%, -1.1%, -0.5% (llama.cpp's higher where it rounds more). Issue 12
-asked for >= 97.5% and 1%; an engine that computes exactly cannot reach llama.cpp's own
-rounding, so the bars are: the argmax equals transformers' wherever its top-2 margin
-exceeds 0.01, agreement with llama.cpp >= 95%, perplexity within 1.5% of llama.cpp's.
+it is not installed). The two engines do not compute the same numbers: llama.cpp keeps
+its KV cache in F16 and sums in its own order, and rounds the activations to 8 bits
+before each quantized product. Ours rounds them the same way in the kernels' products
+(runner/kernels/q8.py), which take a prompt for Q4_0 weights; the other files' prompts
+go through float32 BLAS with the exact dequantized weights. So the exact reference is
+transformers (float32, loading the same file), and llama.cpp is held to what the exact
+reference achieves against it. Measured on this text (317 tokens): agreement with
+llama.cpp 96.5% (Q4_K_M), 96.9% (Q4_0, 8-bit activations; 95.0% when the kernels kept
+each block's scale in float32 and rounded halves away from zero, 96.8% with float32
+activations), 95.9% (Q6_K), 97.8% (Q8_0), as transformers' own; every disagreement is a
+near-tie (our top-2 margin 0.00-0.55), and the perplexities differ by -0.3%, +0.6%,
+-1.1%, -0.5%. Issue 12 asked for >= 97.5% and 1%; llama.cpp's own rounding is not
+reached by an engine that computes exactly, and not by ours rounding as it does (the
+rest is its F16 cache), so the bars are: the argmax equals transformers' wherever its
+top-2 margin exceeds 0.01 (0.5 for the 8-bit products: test_model_real), agreement
+with llama.cpp >= 95%, perplexity within 1.5% of llama.cpp's.
 """
 from __future__ import annotations
 
@@ -32,6 +36,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_embeddings_real import REF_PYTHON, needs_llama_cpp  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
+# A prompt of the Q4_0 copy goes through the kernels' 8-bit products (kernels.many_rows);
+# the other files' prompts through float32 BLAS. The 8-bit bar is test_model_real's.
+INT8_MARGIN = 0.5
 # Natural text of several kinds (perplexity over random characters measures near-ties):
 # prose, a how-to, an encyclopedic paragraph, code, dialogue.
 TEXT = """The river rose slowly through the night, and by morning the lower fields were under water. \
@@ -105,7 +112,9 @@ def test_top1_and_perplexity_match_llama_cpp(copies, kind):
           f"({ppl_ours / ppl_theirs - 1:+.3%}); our top-2 margins where they differ: "
           f"{np.round(np.sort(margin[~same]), 2).tolist()}")
     exact = exact_argmax(path, ids)
-    decided = exact[1] > 0.01
+    flipped = argmax != exact[0]
+    print(f"transformers' top-2 margins where our argmax differs from its: {np.round(np.sort(exact[1][flipped]), 3).tolist()}")
+    decided = exact[1] > (INT8_MARGIN if kind == "Q4_0" else 0.01)
     assert np.array_equal(argmax[decided], exact[0][decided])
     assert agree >= 0.95
     assert abs(ppl_ours / ppl_theirs - 1) < 0.015

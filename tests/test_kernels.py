@@ -1,9 +1,15 @@
 """The compiled kernels (runner/kernels) against independent references: gguf-py's
 dequantization (bit-exact oracle) and float64 products of its dequantized weights.
 
-Tolerance of a product. Activations stay float32 and are never quantized, so a kernel's
-result differs from the exact product only by float32 rounding while it sums n_in
-terms w_i x_i. Rounding errors of a sum of n terms add up like a random walk: about
+Two kinds of product. By default the types Q4_0, Q5_0, Q8_0, Q4_K, Q6_K quantize each
+row of activations to 8 bits in blocks of 32 first, as llama.cpp's x86 code does
+(runner/kernels/q8.py); their reference is then the float64 product of gguf-py's
+dequantized weights with the activations so rounded (`q8_0_activations`, numpy written
+from ggml's quantize_row_q8_0). The integer sums are exact, so what is left is, as for
+the float32 products (every type under GEMMA_RUNNER_KERNELS=float32), float32 rounding.
+
+Tolerance of a product. A kernel's result differs from the exact product only by
+float32 rounding while it sums n_in terms w_i x_i. Rounding errors of a sum of n terms add up like a random walk: about
 u sqrt(n) ||w * x||_2, with u = 2^-24 (float32) and ||w * x||_2 the 2-norm of the
 terms. We allow twice that of the kernels: over every type, row length and T below,
 the largest error measured was 0.97 of it. numpy's float32 BLAS (what Linear uses for
@@ -12,6 +18,10 @@ up to 3.2 of it over 30 draws of the Linear test, which allows 6. A wrong scale,
 nibble, sign or bit lands at whole percents of the result instead, ~10^4 times further.
 """
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -52,6 +62,30 @@ def oracle(raw: np.ndarray, qtype: GGMLType) -> np.ndarray:
     return ggq.dequantize(raw, GGMLQuantizationType(int(qtype)))
 
 
+def q8_0_codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's x86 quantize_row_q8_0 in numpy, per block of 32 of x [..., n]: a = max|x|,
+    codes = round-half-to-even(x * (127 / a)), scale = a / 127 rounded to a half.
+    Returns (codes int8 [..., n], scale float32 [..., n / 32])."""
+    blocks = x.reshape(*x.shape[:-1], -1, 32).astype(np.float32)
+    a = np.abs(blocks).max(-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inv = np.where(a == 0, np.float32(0), np.float32(127) / a).astype(np.float32)
+    codes = np.rint(blocks * inv).astype(np.int8)
+    scale = (a[..., 0] / np.float32(127)).astype(np.float16).astype(np.float32)
+    return codes.reshape(x.shape), scale
+
+
+def quantized_activations(x: np.ndarray) -> np.ndarray:
+    """x [T, n_in] as the 8-bit products see it (float64)."""
+    codes, scale = q8_0_codes(x)
+    return (codes.reshape(*scale.shape, 32).astype(np.float64) * scale[..., None]).reshape(x.shape)
+
+
+def int8_product(qtype: GGMLType, n_in: int) -> bool:
+    """Does kernels.matmul quantize the activations for this type and row length?"""
+    return int(qtype) in kernels.INT8_TYPES and n_in % 64 == 0 and kernels.int8_activations()
+
+
 def assert_close_to_float64(y: np.ndarray, w: np.ndarray, x: np.ndarray, tolerance: float = KERNEL_TOLERANCE) -> None:
     """y [T, out] against the float64 product of x [T, in] and w [out, in]."""
     terms = x.astype(np.float64)[:, None, :] * w.astype(np.float64)[None, :, :]   # [T, out, in]
@@ -72,14 +106,62 @@ def one_thread():
 
 @pytest.mark.fast
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-def test_product_equals_float64_of_dequantized(qtype):
+def test_float32_product_equals_float64_of_dequantized(qtype, monkeypatch):
+    monkeypatch.setenv(kernels.ENV, "float32")
     for i, n_in in enumerate(row_lengths(qtype)):
         raw = raw_rows(qtype, 37, n_in, seed=int(qtype) * 10 + i)     # 37: blocks of 16 rows and a tail
         w = oracle(raw, qtype)
         rng = np.random.default_rng(i)
         for T in range(1, 17) if i == 1 else (1, 4, 7):
             x = rng.standard_normal((T, n_in)).astype(np.float32)
+            assert not int8_product(qtype, n_in)
             assert_close_to_float64(kernels.matmul(raw, qtype, x), w, x)
+
+
+INT8 = sorted((GGMLType(t) for t in kernels.INT8_TYPES), key=int)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("qtype", INT8, ids=lambda t: t.name)
+def test_int8_product_equals_float64_with_q8_0_activations(qtype):
+    """Rows of x: 1 to 16 (one row: four rows of W at once for Q4_0, pairs of units for
+    the others; 2-7: pairs against four rows of x; 8-16: four rows of W against eight of
+    x) and 40 (a prompt); 37 rows of W (a tail of a block and of a group of four); row
+    lengths with and without whole groups of four pairs."""
+    lengths = [256, 768, 2304] if values_per_block(qtype) == 256 else [64, 640, 2560]
+    for i, n_in in enumerate(lengths):
+        raw = raw_rows(qtype, 37, n_in, seed=int(qtype) * 10 + i)
+        w = oracle(raw, qtype)
+        rng = np.random.default_rng(i)
+        for T in list(range(1, 17)) + [40] if i == 1 else (1, 5, 8, 40):
+            x = rng.standard_normal((T, n_in)).astype(np.float32)
+            x[:, :32] *= 1e3                       # one block of large values, one of zeros
+            x[:, 32:64] = 0
+            assert int8_product(qtype, n_in)
+            assert_close_to_float64(kernels.matmul(raw, qtype, x), w, quantized_activations(x))
+
+
+@pytest.mark.fast
+def test_activation_codes_are_ggml_q8_0():
+    """q8.quantize against ggml's Q8_0 activation rounding (q8_0_codes; halves to even:
+    values built to land on them; a block of zeros): the same codes and scales, and the
+    sums the products start from; in both layouts (Q6_K's splits each 256 values'
+    blocks). The scale's half also matches gguf-py's Q8_0 quantizer's stored one."""
+    rng = np.random.default_rng(8)
+    magnitudes = 10.0 ** rng.integers(-3, 4, (3, 16, 1)).repeat(32, -1).reshape(3, 512)
+    x = (rng.standard_normal((3, 512)) * magnitudes).astype(np.float32)
+    x[0, :32] = np.append(np.arange(31) - 15.5, 127)        # scale 1: codes exactly k + 1/2
+    x[1, 64:96] = 0
+    codes, scale = q8_0_codes(x)
+    stored = ggq.quantize(x.reshape(-1, 32), GGMLQuantizationType.Q8_0).reshape(-1, 34)[:, :2].copy()
+    np.testing.assert_array_equal(stored.view(np.float16).astype(np.float32).reshape(3, 16), scale)
+    assert (codes[0, :31] % 2 == 0).all()                      # the ties went to even
+    for split in (0, 1):
+        xq, xs, xd = kernels.quantize_activations(x, split)
+        order = np.arange(16).reshape(2, 2, 4).transpose(0, 2, 1).ravel() if split else np.arange(16)
+        np.testing.assert_array_equal(xq.reshape(3, 16, 32), codes.reshape(3, 16, 32)[:, order])
+        np.testing.assert_array_equal(xd.reshape(3, 16, 8), np.repeat(scale[:, order, None], 8, -1))
+        np.testing.assert_array_equal(xs, xq.reshape(3, 128, 4).astype(np.int32).sum(-1))
 
 
 @pytest.mark.fast
@@ -121,7 +203,10 @@ def test_linear_parts_of_different_types_write_their_columns():
     rng = np.random.default_rng(3)
     for T in (1, 3, 16, 17, 40):
         x = rng.standard_normal((T, n_in)).astype(np.float32)
-        assert_close_to_float64(quantized(x), w, x, KERNEL_TOLERANCE if T <= M.Linear.FEW_ROWS else BLAS_TOLERANCE)
+        if T <= M.Linear.FEW_ROWS:           # the kernels: all three types take 8-bit activations
+            assert_close_to_float64(quantized(x), w, quantized_activations(x))
+        else:                                # none of the three goes to the kernels for many rows
+            assert_close_to_float64(quantized(x), w, x, BLAS_TOLERANCE)
         assert_close_to_float64(f32(x), w, x, BLAS_TOLERANCE)
     emb = M.Linear(parts[:1], n_in, quantized=True)
     ids = np.array([3, 63, 3])
@@ -163,3 +248,27 @@ def test_environment_selects_the_numpy_path(monkeypatch):
         assert kernels.available()
     finally:
         kernels.available.cache_clear()
+
+
+def test_int8_products_without_avx512_vnni(tmp_path):
+    """On a CPU without AVX512-VNNI (most laptops: AVX2) the 8-bit products take plain
+    vector IR for vpdpbusd and vpermps: compiled for such a CPU (NUMBA_CPU_NAME, a cache
+    of its own), they give the same results against the same references."""
+    code = """
+import numpy as np
+from runner import kernels
+from runner.kernels import simd8
+from test_kernels import INT8, assert_close_to_float64, oracle, quantized_activations, raw_rows
+assert kernels.available() and not simd8.vnni()
+for qt in INT8:
+    n_in = 768 if qt.name.endswith("K") else 640
+    raw = raw_rows(qt, 21, n_in, seed=3)
+    for T in (1, 3, 9):
+        x = np.random.default_rng(T).standard_normal((T, n_in)).astype(np.float32)
+        assert_close_to_float64(kernels.matmul(raw, qt, x), oracle(raw, qt), quantized_activations(x))
+"""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, NUMBA_CPU_NAME="x86-64-v3", GEMMA_RUNNER_CACHE=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([tests, os.path.dirname(tests)]))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -1,13 +1,22 @@
 """Products with quantized weights as the GGUF file stores them, compiled with numba.
 
     if kernels.available():
-        y = kernels.matmul(W, qtype, x)          # x [T, n_in] @ W.T -> [T, n_out], T = 1..16
+        y = kernels.matmul(W, qtype, x)          # x [T, n_in] @ W.T -> [T, n_out]
         w = kernels.dequantize(W, qtype, ids)    # rows ids of W as float32 [len(ids), n_in]
 
 W is the tensor's raw bytes, uint8 [n_out, bytes per row] (`GGUFFile.raw`, a view of
 the memory map: nothing is copied). Rows must hold whole units of 32 values
-(`supported`). Activations stay float32: a product equals the float32 product with the
-dequantized weights up to summation order (see tests/test_kernels.py).
+(`supported`).
+
+Activations. For Q4_0, Q5_0, Q8_0, Q4_K and Q6_K (INT8_TYPES, rows of whole 64 values)
+a product first rounds each row of x to 8 bits per value in blocks of 32, as llama.cpp
+does before its quantized products, and multiplies integers (q8.py: VNNI's vpdpbusd,
+64 multiply-adds an instruction); the other types, and every type under
+GEMMA_RUNNER_KERNELS=float32 (the exact mode), keep x in float32 and equal the float32
+product with the dequantized weights up to summation order (products.py). Both against
+references in tests/test_kernels.py; the fidelity of each mode in tests/test_model_real.py.
+why 8 bits: decode reads every weight once per token, and float32 lanes (16 products an
+instruction) could not keep up with the memory: 4B decode 4.8 tok/s then, 10 now.
 
 `available()` is False where numba cannot be imported or when the environment sets
 GEMMA_RUNNER_KERNELS=numpy; callers then use the float32 numpy path (runner.quants).
@@ -26,6 +35,8 @@ from ..quants import QUANT_SIZES, GGMLType
 ENV = "GEMMA_RUNNER_KERNELS"
 UNIT = 32
 TYPES = frozenset(QUANT_SIZES)      # every type Gemma 3 files use
+# the types with 8-bit-activation products (q8.py); the others keep float32 activations
+INT8_TYPES = frozenset(int(t) for t in (GGMLType.Q4_0, GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K))
 F32 = np.float32
 
 
@@ -34,13 +45,16 @@ def available() -> bool:
     """Can the compiled kernels run here (numba importable, not switched off)?"""
     if os.environ.get(ENV, "").strip().lower() == "numpy":
         return False
-    # why OpenMP: it starts a parallel region in ~10 us, numba's own workqueue in 50-80 us
-    # (a decode step runs ~75 products; scripts/bench_kernels.py, "layers"), and it
-    # allows regions started from several Python threads at once. Its threads must sleep,
-    # not spin, between regions: spinning ones took the cores from numpy's BLAS threads
-    # (the 270M's prefill ran at less than half speed). Both are read when OpenMP loads,
-    # at the first product.
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    # why OpenMP: it allows parallel regions started from several Python threads at once,
+    # and starts one fastest, provided its threads are awake. They spin a short while
+    # after a region, then sleep (GOMP_SPINCOUNT: spins of a pause instruction). why: a
+    # sleeping thread took ~80 us to wake on this machine (a VM: waking a halted vCPU),
+    # as long as a 4B decode's attention-output product itself, so the second core
+    # gained nothing (170 us on one thread, 176 on two; awake, 92 us). Spinning longer
+    # takes the cores from numpy's BLAS threads in a prompt: the 270M (decode / prefill
+    # tok/s): no spin 42.5 / 620, 5000 spins 63.6 / 608, 20000 66.2 / 521. Read when
+    # OpenMP loads, at the first product; the environment wins.
+    os.environ.setdefault("GOMP_SPINCOUNT", "5000")
     try:
         import numba
         numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
@@ -53,12 +67,12 @@ def available() -> bool:
 
 
 _threads = 0                        # set by set_threads; 0: not yet (every core numba sees)
-# Products smaller than this many multiply-adds run on the calling thread alone. why: a
-# sleeping OpenMP thread takes ~15-20 us to wake on this kind of machine (a VM), and the
-# caller sleeps at the end of the region too: the 270M's layer matrices (0.2-2.6 M
-# multiply-adds, 20-260 us on one core) were no faster on 2 threads, and its decode
-# fastest with this threshold (1, 2 and 4 M tried).
-SERIAL_WORK = 1 << 22
+# Products smaller than this many multiply-adds run on the calling thread alone: below,
+# starting the team costs more than the second core gains. Kept awake (GOMP_SPINCOUNT,
+# above), the team starts in ~6 us; the 270M's decode (layer matrices of 0.2-2.6 M
+# multiply-adds) ran at 55.6, 63.6 and 66.5 tok/s with 4 M, 1 M and 0.5 M, its prefill at
+# 628, 608 and 522 tok/s (more regions, more spinning against BLAS's threads).
+SERIAL_WORK = 1 << 20
 
 
 def threads() -> int:
@@ -108,6 +122,49 @@ def _entries(qtype: int):
     return matmul, dequantize
 
 
+@functools.lru_cache(maxsize=None)
+def _entry8(qtype: int):
+    """The 8-bit product's entry point for one type (as _entries)."""
+    from numba import njit
+    from . import q8
+
+    @njit(nogil=True, cache=True)
+    def matmul8(W0, W1, W2, x, y, col, n_workers):
+        q8.matmul(qtype, W0, W1, W2, x, y, col, n_workers)
+
+    return matmul8
+
+
+# Types whose 8-bit product against many rows of x (a prompt) beats dequantizing to
+# float32 and numpy's BLAS: 128 rows, 2 threads, 4B and 1B geometry, G multiply-adds/s:
+# Q4_0 116-120 against 62; Q8_0 56 against 72, Q6_K 52 against 75 (scripts/bench_kernels.py).
+MANY_ROWS = frozenset({int(GGMLType.Q4_0)})
+
+
+def many_rows(qtype: GGMLType | int) -> bool:
+    """Should a product against many rows of x (a prompt) use the kernels for this type?"""
+    return int(qtype) in MANY_ROWS and int8_activations()
+
+
+def int8_activations() -> bool:
+    """Do the products quantize activations to 8 bits (the default), or keep them float32
+    (GEMMA_RUNNER_KERNELS=float32: exact against the dequantized weights)?"""
+    return os.environ.get(ENV, "").strip().lower() != "float32"
+
+
+def quantize_activations(x: np.ndarray, split: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x float32 [T, n_in] as the 8-bit products take it (q8.quantize): int8 codes
+    [T, n_in], and per 4 values the sum of their codes (int32) and their block's scale
+    (float32), [T, n_in/4]; blocks in pairs, split as q8.quantize says."""
+    from . import q8
+    T, n_in = x.shape
+    xq = np.empty((T, n_in), dtype=np.int8)
+    xs = np.empty((T, n_in // 4), dtype=np.int32)
+    xd = np.empty((T, n_in // 4), dtype=F32)
+    q8.quantize(np.ascontiguousarray(x, dtype=F32), xq, xs, xd, np.empty((T, n_in // 16), dtype=np.int32), split)
+    return xq, xs, xd
+
+
 def _readonly(W: np.ndarray) -> np.ndarray:
     # why: numba compiles read-only and writable arrays separately; the memory map is
     # read-only, so every caller gets that one specialization
@@ -153,7 +210,10 @@ def matmul(W: np.ndarray | Sequence[np.ndarray], qtype: GGMLType | int, x: np.nd
         _team(n)
         none = parts[0][:0]
         W0, W1, W2 = (_readonly(p) for p in parts + [none] * (3 - len(parts)))
-        _entries(int(qtype))[0](W0, W1, W2, x, out, col, n)
+        if int(qtype) in INT8_TYPES and n_in % 64 == 0 and int8_activations():
+            _entry8(int(qtype))(W0, W1, W2, x, out, col, n)
+        else:
+            _entries(int(qtype))[0](W0, W1, W2, x, out, col, n)
     return out
 
 

@@ -1,7 +1,7 @@
 """Where numba keeps the kernels' machine code between runs.
 
 why: numba's own locators key a cache on the file of the function it compiles and that
-file's hash, while a kernel inlines code from three files (simd.py, blocks.py,
+file's hash, while a kernel inlines code from several files of this package (simd.py, blocks.py,
 products.py): an edit to a decoder left stale machine code in place. And they put the
 cache beside the source or under a path derived from it, which a one-file executable
 changes at every launch (it extracts to a new temporary folder). So the kernels get one
@@ -25,7 +25,6 @@ from numba.core import caching
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = __name__.rpartition(".")[0]          # runner.kernels
-SOURCES = ("__init__.py", "cache.py", "simd.py", "blocks.py", "products.py")
 
 
 @functools.lru_cache(maxsize=1)
@@ -33,8 +32,11 @@ def digest() -> str:
     """Hash of the kernel sources (of the executable itself when they are not files)."""
     h = hashlib.sha256()
     try:
-        for name in SOURCES:
-            h.update((HERE / name).read_bytes())
+        sources = sorted(HERE.glob("*.py"))       # every module of the package: they inline each other
+        if not sources:
+            raise OSError("no kernel sources")
+        for path in sources:
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
     except OSError:
         h.update(Path(sys.executable).read_bytes())
     return h.hexdigest()[:16]

@@ -173,6 +173,9 @@ class Linear:
             for col, raws, qtype in self.runs:
                 kernels.matmul(raws, qtype, x, out, col)
             return out
+        if self.runs and self.n_in % 64 == 0 and kernels.int8_activations() and \
+                all(int(qtype) in kernels.INT8_TYPES for _, _, qtype in self.runs):
+            x = kernels.round_activations(x)          # as the kernels round it (same numbers)
         step = max(1, self.BLOCK_VALUES // self.n_in)
         for r in range(0, self.n_out, step):
             w = self._dequantized(r, min(self.n_out, r + step))

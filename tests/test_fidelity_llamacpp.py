@@ -3,21 +3,21 @@
 
 llama.cpp is the reference run by tests/llamacpp_logits.py in its own venv (skipped where
 it is not installed). The two engines do not compute the same numbers: llama.cpp keeps
-its KV cache in F16 and sums in its own order, and rounds the activations to 8 bits
-before each quantized product. Ours rounds them the same way in the kernels' products
-(runner/kernels/q8.py), which take a prompt for Q4_0 weights; the other files' prompts
-go through float32 BLAS with the exact dequantized weights. So the exact reference is
-transformers (float32, loading the same file), and llama.cpp is held to what the exact
-reference achieves against it. Measured on this text (317 tokens): agreement with
-llama.cpp 96.5% (Q4_K_M), 96.9% (Q4_0, 8-bit activations; 95.0% when the kernels kept
-each block's scale in float32 and rounded halves away from zero, 96.8% with float32
-activations), 95.9% (Q6_K), 97.8% (Q8_0), as transformers' own; every disagreement is a
-near-tie (our top-2 margin 0.00-0.55), and the perplexities differ by -0.3%, +0.6%,
--1.1%, -0.5%. Issue 12 asked for >= 97.5% and 1%; llama.cpp's own rounding is not
-reached by an engine that computes exactly, and not by ours rounding as it does (the
-rest is its F16 cache), so the bars are: the argmax equals transformers' wherever its
-top-2 margin exceeds 0.01 (0.5 for the 8-bit products: test_model_real), agreement
-with llama.cpp >= 95%, perplexity within 1.5% of llama.cpp's.
+its KV cache in F16, sums in its own order, and rounds the activations to 8 bits before
+each quantized product (per 32 values against 32-value blocks, per 256 against
+K-quants). Ours rounds them to 8 bits per 32 values, as llama.cpp's Q8_0 does, in every
+product (runner/kernels/q8.py; the prompts that go through BLAS round them the same
+way). So the exact reference is transformers (float32, loading the same file), and
+llama.cpp is held to what the exact reference achieves against it. Measured on this
+text (317 tokens), agreement with llama.cpp: 95.9% (Q4_K_M), 95.9% (Q4_0), 95.3% (Q6_K),
+95.9% (Q8_0); with float32 activations (the exact mode, = transformers) 96.5%, 96.8%,
+95.9%, 97.8%. Every disagreement is a near-tie (our top-2 margin 0.00-0.58; where our
+argmax differs from transformers', its margin was at most 0.25), and the perplexities
+differ by -0.3%, +0.8%, -1.2%, -0.03%. Issue 12 asked for >= 97.5% and 1%; llama.cpp's
+own rounding is not reached by an engine that computes exactly, nor by one that rounds
+as it does (its F16 cache and order remain), so the bars are: the argmax equals
+transformers' wherever its top-2 margin exceeds 0.5 (test_model_real's bar for 8-bit
+activations), agreement with llama.cpp >= 95%, perplexity within 1.5% of llama.cpp's.
 """
 from __future__ import annotations
 
@@ -36,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_embeddings_real import REF_PYTHON, needs_llama_cpp  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
-# A prompt of the Q4_0 copy goes through the kernels' 8-bit products (kernels.many_rows);
-# the other files' prompts through float32 BLAS. The 8-bit bar is test_model_real's.
+# Every product rounds the activations to 8 bits (the kernels; BLAS for the prompts of the
+# files without Q4_0 weights, with the activations rounded the same way): the bar on
+# transformers' top-2 margin is test_model_real's.
 INT8_MARGIN = 0.5
 # Natural text of several kinds (perplexity over random characters measures near-ties):
 # prose, a how-to, an encyclopedic paragraph, code, dialogue.
@@ -114,7 +115,7 @@ def test_top1_and_perplexity_match_llama_cpp(copies, kind):
     exact = exact_argmax(path, ids)
     flipped = argmax != exact[0]
     print(f"transformers' top-2 margins where our argmax differs from its: {np.round(np.sort(exact[1][flipped]), 3).tolist()}")
-    decided = exact[1] > (INT8_MARGIN if kind == "Q4_0" else 0.01)
+    decided = exact[1] > INT8_MARGIN
     assert np.array_equal(argmax[decided], exact[0][decided])
     assert agree >= 0.95
     assert abs(ppl_ours / ppl_theirs - 1) < 0.015

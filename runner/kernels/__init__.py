@@ -165,6 +165,17 @@ def quantize_activations(x: np.ndarray, split: int = 0) -> tuple[np.ndarray, np.
     return xq, xs, xd
 
 
+def round_activations(x: np.ndarray) -> np.ndarray:
+    """x float32 [T, n_in] (n_in a multiple of 64) rounded as the 8-bit products round
+    it, as float32: codes times their block's scale (exact in float32). A product of
+    this with the dequantized weights in float32 (BLAS, for prompts) equals the 8-bit
+    product up to summation order, so a text's numbers do not depend on which path its
+    rows took (a prompt's chunks, texts embedded together or alone)."""
+    xq, _, xd = quantize_activations(x)
+    T, n_in = x.shape
+    return (xq.reshape(T, n_in // 32, 32).astype(F32) * xd[:, ::8, None]).reshape(T, n_in)
+
+
 def _readonly(W: np.ndarray) -> np.ndarray:
     # why: numba compiles read-only and writable arrays separately; the memory map is
     # read-only, so every caller gets that one specialization

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
+from .quants import GGMLType
 from .sampling import SamplingParams, adjust
 
 
@@ -71,5 +73,17 @@ class DraftVocab:
     def guess(self, h: np.ndarray, params: SamplingParams, recent: list[int]) -> int:
         """The greedy choice within S for the final normed state h [d], with the same
         penalties and bias the sampler applies."""
-        s = adjust(self.w[:self.n] @ h, params, recent, self.pos)
+        s = adjust(_product(self.w[:self.n], h), params, recent, self.pos)
         return int(self.ids[np.argmax(s)])
+
+
+def _product(w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """w @ h for the draft rows (float32 [n, d], C-contiguous) and a state [d].
+
+    why the kernels (their float32 product) where they run: numpy's BLAS starts its own
+    threads for this matrix-vector product, and the kernels' OpenMP threads, spinning a
+    moment after the layers' products (kernels.available), took the cores from them:
+    drafted greedy decoding of the 270M ran at 28 tok/s against 51 undrafted."""
+    if kernels.supported(GGMLType.F32, w.shape[1]):
+        return kernels.matmul(w.view(np.uint8), GGMLType.F32, h[None, :])[0]
+    return w @ h

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from conftest import cold
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "The capital of France is"
@@ -34,7 +35,7 @@ def err(p: subprocess.CompletedProcess) -> str:
 def test_greedy_output_is_the_prompt_then_llm_complete(llm):
     p = cli("--cli", "-p", PROMPT, "-n", "12", "--temp", "0", "-c", "512")
     assert p.returncode == 0, err(p)
-    assert out(p) == PROMPT + llm.complete(PROMPT, max_tokens=12, temperature=0)
+    assert out(p) == PROMPT + cold(llm).complete(PROMPT, max_tokens=12, temperature=0)
     lines = err(p).strip().splitlines()          # the load line and the timings, on stderr only
     assert lines[0].startswith("loading ") and "generated 12 tokens" in lines[-1]
     assert "Traceback" not in err(p)
@@ -47,7 +48,7 @@ def test_seeded_sampling_from_stdin_with_log_disable(llm):
     p = cli("--cli", "-f", "-", "-n", "10", "--temp", "0.9", "-s", "7", "--no-display-prompt", "--log-disable",
             "-ngl", "99", stdin=prompt + "\n")
     assert p.returncode == 0 and p.stderr == b""
-    assert out(p) == llm.complete(prompt, max_tokens=10, temperature=0.9, seed=7)
+    assert out(p) == cold(llm).complete(prompt, max_tokens=10, temperature=0.9, seed=7)
 
 
 def test_file_prompt_escapes_and_stop_string(llm, tmp_path):
@@ -56,7 +57,7 @@ def test_file_prompt_escapes_and_stop_string(llm, tmp_path):
     f = tmp_path / "prompt.txt"
     f.write_text("Q: What is the capital of France?\\nA:\n")
     prompt = "Q: What is the capital of France?\nA:"
-    want = llm.complete(prompt, max_tokens=16, temperature=0, stop=["\n"])
+    want = cold(llm).complete(prompt, max_tokens=16, temperature=0, stop=["\n"])
     assert llm.stats.finish_reason == "stop" and want, "the reference should meet the stop string"
     p = cli("--cli", "-f", str(f), "-e", "-r", "\\n", "-n", "16", "--temp", "0", "--log-disable")
     assert p.returncode == 0, err(p)
@@ -69,7 +70,7 @@ def test_chat_template_sends_the_prompt_as_a_user_turn(llm):
     q = "Name a color."
     p = cli("--cli", "--chat-template", "gemma", "-p", q, "-n", "8", "--temp", "0", "--log-disable")
     assert p.returncode == 0, err(p)
-    assert out(p) == q + "\n" + llm.chat([{"role": "user", "content": q}], max_tokens=8, temperature=0)
+    assert out(p) == q + "\n" + cold(llm).chat([{"role": "user", "content": q}], max_tokens=8, temperature=0)
 
 
 def test_json_schema_output_is_the_librarys_and_validates(llm, tmp_path):
@@ -79,7 +80,7 @@ def test_json_schema_output_is_the_librarys_and_validates(llm, tmp_path):
                                                "age": {"type": "integer", "minimum": 0, "maximum": 120}},
               "required": ["name", "age"], "additionalProperties": False}
     prompt = "A person, as JSON:\n"
-    want = llm.complete(prompt, max_tokens=64, temperature=0, json_schema=schema)
+    want = cold(llm).complete(prompt, max_tokens=64, temperature=0, json_schema=schema)
     assert llm.stats.finish_reason == "stop"
     jsonschema.validate(json.loads(want), schema)
     f = tmp_path / "person.json"
@@ -97,7 +98,7 @@ def test_named_and_file_chat_templates(llm, tmp_path, how):
     llm_chat_apply_template writes it."""
     q = "Name a color."
     chatml = f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
-    want = llm.complete(chatml, max_tokens=8, temperature=0)
+    want = cold(llm).complete(chatml, max_tokens=8, temperature=0)
     if how == "name":
         flags = ["--chat-template", "chatml"]
     else:

@@ -21,6 +21,7 @@ import pytest
 
 from runner.modes.conversation import Conversation, sync_cache, warm_cache
 from runner.modes.terminal import open_quote, unquote
+from conftest import cold
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -271,7 +272,7 @@ def test_chat_session_with_a_system_prompt(terminal, llm):
     assert "Gemma chat format" in banner and "system prompt:" in banner and "raw completion" not in banner
     q1 = "Name a fruit."
     msgs = [{"role": "system", "content": system}, {"role": "user", "content": q1}]
-    r1 = llm.chat(msgs, max_tokens=10, temperature=0)
+    r1 = cold(llm).chat(msgs, max_tokens=10, temperature=0)
     assert norm(t.run(q1)) == norm(r1)
     first = len(llm.chat_prompt(msgs))
     t.run("Another one?")
@@ -336,7 +337,7 @@ def test_raw_mode_reverse_prompt_keeps_the_stop_string(llm, tmp_path):
     string, which stays in the text, and the next input follows it on the same line."""
     start = "A chat.\nUser: Hi!\nBot: Hello! How can I help?\nUser:"
     q = "What is the capital of France?"
-    want = llm.complete(start + " " + q, max_tokens=24, temperature=0, stop=["User:"])
+    want = cold(llm).complete(start + " " + q, max_tokens=24, temperature=0, stop=["User:"])
     assert llm.stats.finish_reason == "stop"
     p = piped(["-p", start, "-e", "-r", "User:", "-n", "24", "--log-disable"], q + "\n/dump\n", tmp_path)
     assert p.returncode == 0, p.stderr
@@ -350,7 +351,7 @@ def test_json_schema_makes_every_reply_json(llm, tmp_path):
                                                "legs": {"type": "integer", "minimum": 0, "maximum": 8}},
               "required": ["animal", "legs"], "additionalProperties": False}
     q = "Describe a cat."
-    want = llm.chat([{"role": "user", "content": q}], max_tokens=100, temperature=0, json_schema=schema)
+    want = cold(llm).chat([{"role": "user", "content": q}], max_tokens=100, temperature=0, json_schema=schema)
     p = piped(["--chat-template", "gemma", "-j", json.dumps(schema), "-n", "100", "--log-disable"],
               f"{q}\nAnd a spider?\n", tmp_path)
     assert p.returncode == 0, p.stderr

@@ -10,6 +10,7 @@ import pytest
 
 from runner.modes.api_common import Options
 from runner.modes.server import create_app, serve_in_thread
+from conftest import cold
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -100,7 +101,7 @@ def test_completion_tab_streams_the_continuation(page, llm):
     page.wait_for_function("document.getElementById('completion-status').textContent.includes('tok/s')",
                            timeout=60_000)
     assert page.inner_text("#completion-output .prompt-echo") == prompt
-    assert page.inner_text("#completion-output .generated") == llm.complete(prompt, max_tokens=12, temperature=0)
+    assert page.inner_text("#completion-output .generated") == cold(llm).complete(prompt, max_tokens=12, temperature=0)
     page.screenshot(path=str(ARTIFACTS / "web-completion.png"))
     # a long prompt: the prefill shows its progress before the first token
     settings(page, 0, 1)

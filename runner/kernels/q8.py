@@ -37,7 +37,7 @@ from numba.extending import overload
 from ..quants import GGMLType
 from .blocks import F32, _scale_min_k4
 from .simd import bytes_i8, fetch_add, fma, half, hsum, load, store, to_float, zeros
-from .simd8 import (absmax, at, at_i32, bcast16, bits, blend16, blend32, chunks, dot4, halves, ibytes4, ints,
+from .simd8 import (absmax, at, at_i32, bcast16, bits, blend16, blend32, chunks, dot4, halves, ints,
                     izeros, ones, prefetch, quads, round_even, sbytes, scales4, spaced, store_i8, store_i32, sums4,
                     via_half)
 
@@ -170,41 +170,14 @@ def _q4_0_rows(W, b0, b1, b2, b3, u):
     return v & 15, v >> 4, s, s
 
 
-@njit(**_J)
-def _q8_0_rows(W, b0, b1, b2, b3, u):
-    o0, o1, o2, o3 = b0 + 34 * u, b1 + 34 * u, b2 + 34 * u, b3 + 34 * u
-    s = scales4(W, o0, o1, o2, o3)
-    return (chunks(W, o0 + 2, o1 + 2, o2 + 2, o3 + 2) ^ 128, chunks(W, o0 + 18, o1 + 18, o2 + 18, o3 + 18) ^ 128,
-            s, s)
-
-
-@njit(**_J)
-def _q6_k_rows(W, b0, b1, b2, b3, u):
-    # as blocks._q6_k, for four rows: group g = u % 8, n = g // 4, k = g % 4
-    sb = 210 * (u >> 3)
-    g = u & 7
-    n, k = g >> 2, g & 3
-    o0, o1, o2, o3 = b0 + sb, b1 + sb, b2 + sb, b3 + sb
-    ql = 64 * n + 32 * (k & 1)
-    qh = 128 + 32 * n
-    shift, hshift = 4 * (k >> 1), 2 * k
-    lo = (((chunks(W, o0 + ql, o1 + ql, o2 + ql, o3 + ql) >> shift) & 15)
-          | (((chunks(W, o0 + qh, o1 + qh, o2 + qh, o3 + qh) >> hshift) & 3) << 4))
-    hi = (((chunks(W, o0 + ql + 16, o1 + ql + 16, o2 + ql + 16, o3 + ql + 16) >> shift) & 15)
-          | (((chunks(W, o0 + qh + 16, o1 + qh + 16, o2 + qh + 16, o3 + qh + 16) >> hshift) & 3) << 4))
-    d = scales4(W, o0 + 208, o1 + 208, o2 + 208, o3 + 208)
-    sc = 192 + 8 * n + 2 * k
-    return (lo, hi, d * ibytes4(W, o0 + sc, o1 + sc, o2 + sc, o3 + sc),
-            d * ibytes4(W, o0 + sc + 1, o1 + sc + 1, o2 + sc + 1, o3 + sc + 1))
-
-
 # type: decoder of four rows, whether both halves of a unit share one scale, whether
-# one row of x (decode) goes through it too. why not Q8_0 and Q6_K: against one row of x,
-# a pair of units per step read memory faster for them (1B decode, 2 threads: 25.8 and
-# 13.5 GB/s by pairs against 13.9 and 10.8 by four rows); Q4_0 the other way round
-# (4B decode: 25 GB/s by four rows).
-ROWS4 = {GGMLType.Q4_0: (_q4_0_rows, True, True), GGMLType.Q8_0: (_q8_0_rows, True, False),
-         GGMLType.Q6_K: (_q6_k_rows, False, False)}
+# one row of x (decode) goes through it too. Only Q4_0: against one row of x, a pair of
+# units per step read memory faster for Q8_0 and Q6_K (1B decode, 2 threads: 25.8 and
+# 13.5 GB/s by pairs against 13.9 and 10.8 by four rows), Q4_0 the other way round (4B
+# decode: 25 GB/s by four rows); and by pairs their results do not depend on how many
+# rows of x come together (see `_rows`), which four rows against one or eight rows of x
+# do not guarantee (different orders of summation).
+ROWS4 = {GGMLType.Q4_0: (_q4_0_rows, True, True)}
 
 
 def rows4(qtype, W, b0, b1, b2, b3, u):
@@ -426,30 +399,28 @@ def _rows(qtype, W, lo, hi, xq, xs, xd, xk, xdu, y, ycol, K, by_rows):
         base = r * row_bytes
         if T == 1:
             # groups of four pairs (256 values: a K-quant super-block, unrolled), the next
-            # row's as many bytes prefetched meanwhile (see simd8.prefetch), then the rest
-            a0, a1 = zeros(), zeros()
+            # row's as many bytes prefetched meanwhile (see simd8.prefetch), then the rest.
+            # One accumulator, pairs in order, as for several rows of x (below): a row's
+            # result does not depend on how many rows of x came with it. why: the 8-bit
+            # rounding turns a last-bit difference upstream into a whole code step, and the
+            # greedy text of a drafted round or a batch could differ from one decoded alone
+            a0 = zeros()
             for p4 in range(0, n_pairs - 3, 4):
                 for line in range(base + row_bytes + p4 * group, base + row_bytes + (p4 + 4) * group, 64):
                     prefetch(W, line)
-                for h in range(0, 4, 2):
-                    p = p4 + h
+                for p in range(p4, p4 + 4):
                     w, sc, bias = pair(qtype, W, base, 2 * p)
                     s = ints(xs, 16 * p)
                     a0 = fma(to_float(dot4(s * K, w, sbytes(xq, PAIR * p))), sc * load(xd, 16 * p), a0)
                     if has_min(qtype):
                         a0 = fma(to_float(s), bias * load(xd, 16 * p), a0)
-                    w, sc, bias = pair(qtype, W, base, 2 * p + 2)
-                    s = ints(xs, 16 * p + 16)
-                    a1 = fma(to_float(dot4(s * K, w, sbytes(xq, PAIR * p + PAIR))), sc * load(xd, 16 * p + 16), a1)
-                    if has_min(qtype):
-                        a1 = fma(to_float(s), bias * load(xd, 16 * p + 16), a1)
             for p in range(n_pairs - n_pairs % 4, n_pairs):
                 w, sc, bias = pair(qtype, W, base, 2 * p)
                 s = ints(xs, 16 * p)
                 a0 = fma(to_float(dot4(s * K, w, sbytes(xq, PAIR * p))), sc * load(xd, 16 * p), a0)
                 if has_min(qtype):
                     a0 = fma(to_float(s), bias * load(xd, 16 * p), a0)
-            y[0, ycol + r] = hsum(a0 + a1)
+            y[0, ycol + r] = hsum(a0)
             continue
         for t0 in range(0, T, 4):
             t1, t2, t3 = min(t0 + 1, T - 1), min(t0 + 2, T - 1), min(t0 + 3, T - 1)

@@ -359,22 +359,6 @@ def spaced(typingctx, c):
 
 
 @intrinsic
-def ibytes4(typingctx, W, o0, o1, o2, o3):
-    """Lanes 4k .. 4k+3 = the int8 at byte o_k of W, as float32 (Q6_K's scales, four rows)."""
-    if not (_is_array(W, types.uint8) and all(isinstance(o, types.Integer) for o in (o0, o1, o2, o3))):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v = ir.Constant(ir.VectorType(_I8, 4), ir.Undefined)
-        for k, o in enumerate(args[1:]):
-            v = builder.insert_element(v, builder.load(_data(context, builder, sig.args[0], args[0], o), align=1),
-                                       ir.Constant(_I32, k))
-        f = builder.sitofp(v, ir.VectorType(ir.FloatType(), 4))
-        return builder.shuffle_vector(f, f, ir.Constant(_VI, [k // 4 for k in range(16)]))
-    return f32x16(W, o0, o1, o2, o3), codegen
-
-
-@intrinsic
 def sums4(typingctx, v):
     """(sum of lanes 0-3, of 4-7, of 8-11, of 12-15): each row's result of four rows."""
     if v is not f32x16:

@@ -72,9 +72,11 @@ QUANT_CYCLE = [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q
                Q.F16, Q.BF16]
 
 
-def test_every_weight_type(tmp_path):
+def test_every_weight_type(tmp_path, monkeypatch):
     """Every ggml type the loader knows, spread over the model's tensors (rows of 256 so
-    the K-quants fit), including a quantized tied embedding."""
+    the K-quants fit), including a quantized tied embedding; in the exact mode (float32
+    activations: the weights' handling against transformers, at float32 tolerances)."""
+    monkeypatch.setenv("GEMMA_RUNNER_KERNELS", "float32")
     cfg = text_config(vocab=512, d=256, d_ff=512, layers=3, heads=4, kv_heads=1, head_dim=64, window=8)
     hf = build_text_model(cfg, seed=4)
     order = iter(QUANT_CYCLE * 10)
@@ -88,9 +90,11 @@ def test_every_weight_type(tmp_path):
     compare(path, hf, random_ids(40, 512, seed=4))
 
 
-def test_quantized_weights_equal_float32(tmp_path):
+def test_quantized_weights_equal_float32(tmp_path, monkeypatch):
     """Quantized weights multiplied by the compiled kernels (quantized=True) compute the
-    same logits as float32 weights (quantized=False, the numpy path)."""
+    same logits as float32 weights (quantized=False, the numpy path), in the exact mode
+    (float32 activations; the default 8-bit ones: tests/test_kernels.py)."""
+    monkeypatch.setenv("GEMMA_RUNNER_KERNELS", "float32")
     cfg = text_config(vocab=512, d=256, d_ff=512, layers=2, heads=4, kv_heads=2, head_dim=64, window=8)
     hf = build_text_model(cfg, seed=5)
     path = write_text_gguf(hf, tmp_path / "stream.gguf", types=lambda n, s: Q.Q4_K if "ffn" in n else Q.Q8_0)

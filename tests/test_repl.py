@@ -23,6 +23,20 @@ from runner.modes.conversation import Conversation, sync_cache, warm_cache
 from runner.modes.terminal import open_quote, unquote
 from conftest import cold
 
+
+@pytest.fixture(scope="module", autouse=True)
+def exact_mode():
+    """The exact mode (float32 activations) for this module: its tests compare texts
+    computed along different paths (the REPL's process and the library, a prompt cached
+    or not), equal to the last bit only there. In the default mode the activations are
+    rounded to 8 bits, so a last-bit difference between paths can move a code by a step
+    and a greedy near-tie the other way (as llama.cpp's results depend on its batch
+    size); the kernels read the variable at every product and child processes inherit it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEMMA_RUNNER_KERNELS", "float32")
+        yield
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -14,6 +14,20 @@ import pytest
 from runner.modes.api_common import Options
 from runner.modes.server import create_app, serve_in_thread
 
+
+@pytest.fixture(scope="module", autouse=True)
+def exact_mode():
+    """The exact mode (float32 activations) for this module: its tests compare texts
+    computed along different paths (streams decoded together and alone), equal to the
+    last bit only there. In the default mode the activations are rounded to 8 bits, so a last-bit difference between
+    paths can move a code by a step and a greedy near-tie the other way (as llama.cpp's
+    results depend on its batch size); the kernels read the variable at every product
+    and child processes inherit it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEMMA_RUNNER_KERNELS", "float32")
+        yield
+
+
 TOPICS = ["the sea", "a red bicycle", "winter mornings", "a lost key", "the moon", "bread", "a library", "rain"]
 PROMPTS = [f"Write one sentence about {t}." for t in TOPICS]
 

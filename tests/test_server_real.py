@@ -11,6 +11,18 @@ from runner.modes.api_common import Options
 from runner.modes.server import create_app, serve_in_thread
 
 
+@pytest.fixture(scope="module", autouse=True)
+def exact_mode():
+    """The exact mode (float32 activations) for this module: its tests compare texts
+    computed along different paths (the server and the library, and greedy tool calls measured in it), equal to the last bit only there (see
+    test_repl.exact_mode); the kernels read the variable at every product and child
+    processes inherit it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEMMA_RUNNER_KERNELS", "float32")
+        yield
+
+
+
 @pytest.fixture(scope="module")
 def client(llm):
     with serve_in_thread(create_app(llm, Options(log=False, n_predict=8))) as url:

@@ -12,6 +12,18 @@ from runner.modes.api_common import Options
 from runner.modes.server import create_app, serve_in_thread
 from conftest import cold
 
+
+@pytest.fixture(scope="module", autouse=True)
+def exact_mode():
+    """The exact mode (float32 activations) for this module: its tests compare texts
+    computed along different paths (the browser's server and the library), equal to the last bit only there (see
+    test_repl.exact_mode); the kernels read the variable at every product and child
+    processes inherit it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEMMA_RUNNER_KERNELS", "float32")
+        yield
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",

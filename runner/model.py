@@ -124,7 +124,7 @@ class Linear:
     stores it, a view of the memory map. A few rows of x (decode, batched decode, drafted
     tokens) are multiplied straight from the blocks, each weight read once for all rows;
     more rows (a prompt) too where the kernels' many-row product beats BLAS for every
-    part's type (kernels.many_rows: Q4_0), else a block of W's rows at a time is
+    part's type (kernels.many_rows: the 8-bit types), else a block of W's rows at a time is
     dequantized into a reused float32 buffer and multiplied with numpy's BLAS. Float32 (`quantized=False`, the numpy path):
     the whole matrix dequantized at load, `w`, and BLAS for everything."""
 
@@ -169,13 +169,10 @@ class Linear:
         T = x.shape[0]
         out = np.empty((T, self.n_out), dtype=F32)
         x = np.ascontiguousarray(x, dtype=F32)
-        if self.runs and (T <= self.FEW_ROWS or all(kernels.many_rows(qtype) for _, _, qtype in self.runs)):
+        if self.runs and (T <= self.FEW_ROWS or (self.n_in % 64 == 0 and all(kernels.many_rows(qtype) for _, _, qtype in self.runs))):
             for col, raws, qtype in self.runs:
                 kernels.matmul(raws, qtype, x, out, col)
             return out
-        if self.runs and self.n_in % 64 == 0 and kernels.int8_activations() and \
-                all(int(qtype) in kernels.INT8_TYPES for _, _, qtype in self.runs):
-            x = kernels.round_activations(x)          # as the kernels round it (same numbers)
         step = max(1, self.BLOCK_VALUES // self.n_in)
         for r in range(0, self.n_out, step):
             w = self._dequantized(r, min(self.n_out, r + step))

@@ -92,7 +92,7 @@ def test_packed_and_chunked_inputs_equal_each_computed_alone(tiny, tiny_path):
     texts = TEXTS + [long]
     together = tiny.embed(texts)
     alone = np.stack([tiny.embed(t) for t in texts])
-    # packed, the rows go through BLAS; alone, through the 8-bit kernels: the same rounded
+    # packed, the rows go through the many-row product (gemm8); alone, through q8's: the same rounded
     # activations, summed in another order (1e-6 before the activations were rounded; a
     # last-bit difference can move a code by one step, 1/127 of its block's largest value)
     assert np.allclose(together, alone, atol=1e-5)

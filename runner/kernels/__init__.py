@@ -36,7 +36,8 @@ ENV = "GEMMA_RUNNER_KERNELS"
 UNIT = 32
 TYPES = frozenset(QUANT_SIZES)      # every type Gemma 3 files use
 # the types with 8-bit-activation products (q8.py); the others keep float32 activations
-INT8_TYPES = frozenset(int(t) for t in (GGMLType.Q4_0, GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K))
+INT8_TYPES = frozenset(int(t) for t in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
+                                        GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K))
 F32 = np.float32
 
 
@@ -135,15 +136,31 @@ def _entry8(qtype: int):
     return matmul8
 
 
-# Types whose 8-bit product against many rows of x (a prompt) beats dequantizing to
-# float32 and numpy's BLAS: 128 rows, 2 threads, 4B and 1B geometry, G multiply-adds/s:
-# Q4_0 116-120 against 62; Q8_0 56 against 72, Q6_K 52 against 75 (scripts/bench_kernels.py).
-MANY_ROWS = frozenset({int(GGMLType.Q4_0)})
+@functools.lru_cache(maxsize=None)
+def _entry_gemm8(qtype: int):
+    """The many-row 8-bit product's entry point for one type (gemm8.py)."""
+    from numba import njit
+    from . import gemm8
+
+    @njit(nogil=True, cache=True)
+    def matmul(W0, W1, W2, x, y, col, n_workers):
+        gemm8.matmul(qtype, W0, W1, W2, x, y, col, n_workers)
+
+    return matmul
+
+
+# More rows of x than this (a prompt): the 8-bit types' product packs 16 rows of W at a
+# time (gemm8.py), 2.5-3.7x float32 BLAS's rate (2 threads, 2048 x 2048, 128 rows, G
+# multiply-adds/s: Q4_0 279, Q8_0 281, Q6_K 256, Q4_K 227 against BLAS ~75 without even
+# dequantizing). Up to this many (decode, batched decode, drafting) q8.py's shapes, whose
+# result for a row does not depend on how many rows come with it (see q8._rows).
+GEMM_ROWS = 16
 
 
 def many_rows(qtype: GGMLType | int) -> bool:
-    """Should a product against many rows of x (a prompt) use the kernels for this type?"""
-    return int(qtype) in MANY_ROWS and int8_activations()
+    """Should a product against many rows of x (a prompt) use the kernels for this type
+    (else dequantized blocks and numpy's BLAS)?"""
+    return int(qtype) in INT8_TYPES and int8_activations()
 
 
 def int8_activations() -> bool:
@@ -222,7 +239,7 @@ def matmul(W: np.ndarray | Sequence[np.ndarray], qtype: GGMLType | int, x: np.nd
         none = parts[0][:0]
         W0, W1, W2 = (_readonly(p) for p in parts + [none] * (3 - len(parts)))
         if int(qtype) in INT8_TYPES and n_in % 64 == 0 and int8_activations():
-            _entry8(int(qtype))(W0, W1, W2, x, out, col, n)
+            (_entry_gemm8 if T > GEMM_ROWS else _entry8)(int(qtype))(W0, W1, W2, x, out, col, n)
         else:
             _entries(int(qtype))[0](W0, W1, W2, x, out, col, n)
     return out

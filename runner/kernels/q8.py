@@ -35,9 +35,9 @@ from numba import literally, njit, prange, types
 from numba.extending import overload
 
 from ..quants import GGMLType
-from .blocks import F32, _scale_min_k4
+from .blocks import F32, _int, _q3_scale, _scale_min_k4
 from .simd import bytes_i8, fetch_add, fma, half, hsum, load, store, to_float, zeros
-from .simd8 import (absmax, at, at_i32, bcast16, bits, blend16, blend32, chunks, dot4, halves, ints,
+from .simd8 import (absmax, at, at_i32, bcast16, bits, blend16, blend32, chunks, dot4, fours, halves, ints,
                     izeros, ones, prefetch, quads, round_even, sbytes, scales4, spaced, store_i8, store_i32, sums4,
                     via_half)
 
@@ -122,6 +122,25 @@ def _q5_0(W, base, u):
 
 
 @njit(**_J)
+def _q4_1(W, base, u):
+    # d (f16) | m (f16) | qs[16]; value = d code + m
+    oa = base + 20 * u
+    ob = oa + 20
+    v = chunks(W, oa + 4, oa + 4, ob + 4, ob + 4)
+    return blend16(v & 15, v >> 4), halves(half(W, oa), half(W, ob)), halves(half(W, oa + 2), half(W, ob + 2))
+
+
+@njit(**_J)
+def _q5_1(W, base, u):
+    # d (f16) | m (f16) | qh (u32) | qs[16]; code = nibble | bit j of qh << 4, value = d code + m
+    oa = base + 24 * u
+    ob = oa + 24
+    v = chunks(W, oa + 8, oa + 8, ob + 8, ob + 8)
+    return (blend16(v & 15, v >> 4) | (bits(W, oa + 4, ob + 4) << 4),
+            halves(half(W, oa), half(W, ob)), halves(half(W, oa + 2), half(W, ob + 2)))
+
+
+@njit(**_J)
 def _q8_0(W, base, u):
     # d (f16) | int8 qs[32]; code = qs + 128 (an unsigned byte), K = 128
     oa = base + 34 * u
@@ -142,6 +161,52 @@ def _q4_k(W, base, u):
     sa, ma = _scale_min_k4(W, o + 4, g)
     sb, mb = _scale_min_k4(W, o + 4, g + 1)
     return blend32(v & 15, v >> 4), halves(d * sa, d * sb), halves(-(dmin * ma), -(dmin * mb))
+
+
+@njit(**_J)
+def _q5_k(W, base, u):
+    # d | dmin | scales[12] | qh[32] | qs[128]: as Q4_K, and 16 where bit g of qh[l] is set
+    o = base + 176 * (u >> 3)
+    g = u & 7
+    q = o + 48 + 16 * g
+    v = chunks(W, q, q + 16, q, q + 16)
+    h = chunks(W, o + 16, o + 32, o + 16, o + 32) >> g
+    d, dmin = half(W, o), half(W, o + 2)
+    sa, ma = _scale_min_k4(W, o + 4, g)
+    sb, mb = _scale_min_k4(W, o + 4, g + 1)
+    return (blend32(v & 15, v >> 4) | (blend32(h & 1, (h >> 1) & 1) << 4),
+            halves(d * sa, d * sb), halves(-(dmin * ma), -(dmin * mb)))
+
+
+@njit(**_J)
+def _q2_k(W, base, u):
+    # scales[16] | qs[64] | d | dmin. Group g = 4h + j: 2-bit field j of qs[32h : +32],
+    # 16-value halves with scales[2g], [2g + 1] (low nibble scale, high nibble min);
+    # value = (d sc) code - dmin m. A pair: groups g, g + 1 (g even)
+    o = base + 84 * (u >> 3)
+    g = u & 7
+    q = o + 16 + 32 * (g >> 2)
+    c = chunks(W, q, q + 16, q, q + 16) >> (2 * (g & 3))
+    d, dmin = half(W, o + 80), half(W, o + 82)
+    s0, s1, s2, s3 = _int(W, o + 2 * g), _int(W, o + 2 * g + 1), _int(W, o + 2 * g + 2), _int(W, o + 2 * g + 3)
+    return (blend32(c & 3, (c >> 2) & 3),
+            fours(d * F32(s0 & 15), d * F32(s1 & 15), d * F32(s2 & 15), d * F32(s3 & 15)),
+            fours(-(dmin * F32(s0 >> 4)), -(dmin * F32(s1 >> 4)), -(dmin * F32(s2 >> 4)), -(dmin * F32(s3 >> 4))))
+
+
+@njit(**_J)
+def _q3_k(W, base, u):
+    # hmask[32] | qs[64] | scales[12] | d. Group g = 4h + j as Q2_K; code = 2-bit value
+    # + 4 * bit g of hmask[l], K = 4; 16-value halves with six-bit scales 2g, 2g + 1
+    o = base + 110 * (u >> 3)
+    g = u & 7
+    q = o + 32 + 32 * (g >> 2)
+    c = chunks(W, q, q + 16, q, q + 16) >> (2 * (g & 3))
+    m = chunks(W, o, o + 16, o, o + 16) >> g
+    d = half(W, o + 108)
+    return (blend32(c & 3, (c >> 2) & 3) | (blend32(m & 1, (m >> 1) & 1) << 2),
+            fours(d * _q3_scale(W, o + 96, 2 * g), d * _q3_scale(W, o + 96, 2 * g + 1),
+                  d * _q3_scale(W, o + 96, 2 * g + 2), d * _q3_scale(W, o + 96, 2 * g + 3)), zeros())
 
 
 @njit(**_J)
@@ -314,9 +379,11 @@ def _tail_x8(qtype, W, b0, b1, b2, b3, n_units, xq, xk, xdu, t0, T, y, ycol, n):
 
 
 # type: (pair decoder, offset K, has a minimum, split order of x)
-PAIRS = {GGMLType.Q4_0: (_q4_0, 8, False, 0), GGMLType.Q5_0: (_q5_0, 16, False, 0),
-         GGMLType.Q8_0: (_q8_0, 128, False, 0), GGMLType.Q4_K: (_q4_k, 0, True, 0),
-         GGMLType.Q6_K: (_q6_k, 32, False, 1)}
+PAIRS = {GGMLType.Q4_0: (_q4_0, 8, False, 0), GGMLType.Q4_1: (_q4_1, 0, True, 0),
+         GGMLType.Q5_0: (_q5_0, 16, False, 0), GGMLType.Q5_1: (_q5_1, 0, True, 0),
+         GGMLType.Q8_0: (_q8_0, 128, False, 0), GGMLType.Q2_K: (_q2_k, 0, True, 0),
+         GGMLType.Q3_K: (_q3_k, 4, False, 0), GGMLType.Q4_K: (_q4_k, 0, True, 0),
+         GGMLType.Q5_K: (_q5_k, 0, True, 0), GGMLType.Q6_K: (_q6_k, 32, False, 1)}
 TYPES = frozenset(PAIRS)
 
 

@@ -158,6 +158,21 @@ def halves(typingctx, a, b):
 
 
 @intrinsic
+def fours(typingctx, a, b, c, d):
+    """Lanes 0-3 = a, 4-7 = b, 8-11 = c, 12-15 = d (float32 scalars): one scale per 16
+    values of a pair of units (Q2_K, Q3_K), as `dot4` leaves their sums."""
+    if not all(isinstance(v, types.Float) for v in (a, b, c, d)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = ir.Constant(ir.VectorType(ir.FloatType(), 4), ir.Undefined)
+        for k, (x, ty) in enumerate(zip(args, sig.args)):
+            v = builder.insert_element(v, context.cast(builder, x, ty, types.float32), ir.Constant(_I32, k))
+        return builder.shuffle_vector(v, v, ir.Constant(_VI, [k // 4 for k in range(16)]))
+    return f32x16(a, b, c, d), codegen
+
+
+@intrinsic
 def quads(typingctx, v, fa, fb):
     """Lanes 0-3 = v[fa], 4-7 = v[fa + 1], 8-11 = v[fb], 12-15 = v[fb + 1]: the scales of
     two pairs of 16 values (Q6_K) spread over the lanes `dot4` sums those values into."""
@@ -414,3 +429,72 @@ def via_half(typingctx, a):
         f = context.cast(builder, args[0], sig.args[0], types.float32)
         return builder.fpext(builder.fptrunc(f, ir.HalfType()), ir.FloatType())
     return types.float32(a), codegen
+
+
+# --- packed rows (gemm8.py) -------------------------------------------------------------
+
+@intrinsic
+def bcast4(typingctx, a, i):
+    """The 4 int8 at flat element i of the int8 array `a`, in each of the 16 lanes of
+    four bytes: the same 4 activations against 16 rows of weights (a broadcast operand
+    of vpdpbusd)."""
+    if not (_is_array(a, types.int8) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.bitcast(_data(context, builder, sig.args[0], args[0], args[1]), _I32.as_pointer())
+        return builder.bitcast(_splat(builder, builder.load(ptr, align=1), _VI), _VB)
+    return b8x64(a, i), codegen
+
+
+@intrinsic
+def ubytes(typingctx, a, i):
+    """64 bytes of the uint8 array `a` from flat element i."""
+    if not (_is_array(a, types.uint8) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _load(builder, _data(context, builder, sig.args[0], args[0], args[1]), _VB, 1)
+    return b8x64(a, i), codegen
+
+
+@intrinsic
+def store_bytes(typingctx, a, i, v):
+    """a[i:i+64] = v (a: uint8 array, flat index)."""
+    if not (_is_array(a, types.uint8) and isinstance(i, types.Integer) and v is b8x64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _data(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(ptr, _VB.as_pointer()), align=1)
+    return types.none(a, i, v), codegen
+
+
+@intrinsic
+def transpose16(typingctx, tup):
+    """A tuple of 16 vectors of 16 four-byte lanes (b8x64 or f32x16, all one type) transposed: out[j]
+    lane r = vs[r] lane j. Four rounds of two-input shuffles (64 in all): round b swaps
+    the off-diagonal b x b blocks of every 2b x 2b block."""
+    if not (isinstance(tup, types.UniTuple) and tup.count == 16 and tup.dtype in (b8x64, f32x16)):
+        return None
+    vty = tup.dtype
+    ret = types.UniTuple(vty, 16)
+
+    def codegen(context, builder, sig, args):
+        args = [builder.extract_value(args[0], k) for k in range(16)]
+        lanes = _VF if vty is f32x16 else _VI
+        v = [builder.bitcast(a, lanes) for a in args]
+        b = 8
+        while b:
+            for i in range(16):
+                if i & b:
+                    continue
+                A, B = v[i], v[i + b]
+                lo = [c if not c & b else 16 + c - b for c in range(16)]       # A's, then B's low lanes
+                hi = [c + b if not c & b else 16 + c for c in range(16)]       # A's high lanes, then B's
+                v[i] = builder.shuffle_vector(A, B, ir.Constant(_VI, lo))
+                v[i + b] = builder.shuffle_vector(A, B, ir.Constant(_VI, hi))
+            b //= 2
+        out = [builder.bitcast(x, _VB) if vty is b8x64 else x for x in v]
+        return context.make_tuple(builder, ret, out)
+    return ret(tup), codegen

@@ -10,6 +10,7 @@ dequantized to float32 at load and multiplied by numpy's BLAS: the reference pat
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -22,6 +23,7 @@ import numpy as np
 from . import kernels
 from .gguf import GGUFError, GGUFFile
 from .quants import GGMLType, dequantize
+from .threads import single_threaded_blas
 
 F32 = np.float32
 
@@ -169,7 +171,7 @@ class Linear:
         T = x.shape[0]
         out = np.empty((T, self.n_out), dtype=F32)
         x = np.ascontiguousarray(x, dtype=F32)
-        if self.runs and (T <= self.FEW_ROWS or (self.n_in % 64 == 0 and all(kernels.many_rows(qtype) for _, _, qtype in self.runs))):
+        if self.runs and (T <= self.FEW_ROWS or self.in_kernels()):
             for col, raws, qtype in self.runs:
                 kernels.matmul(raws, qtype, x, out, col)
             return out
@@ -178,6 +180,11 @@ class Linear:
             w = self._dequantized(r, min(self.n_out, r + step))
             np.matmul(x, w.T, out=out[:, r:r + len(w)])                # [T, in] @ [in, rows]
         return out
+
+    def in_kernels(self) -> bool:
+        """Does every product, of any number of rows, run in the compiled kernels?"""
+        return self.w is None and bool(self.runs) and self.n_in % 64 == 0 and \
+            all(kernels.many_rows(qtype) for _, _, qtype in self.runs)
 
     def _dequantized(self, r0: int, r1: int) -> np.ndarray:
         """Rows r0..r1 of W (across parts) as float32 [r1 - r0, n_in], in this thread's
@@ -243,6 +250,16 @@ class Weights:
     token_embd: Linear             # [n_vocab, d], also the output matrix (tied)
     output_norm: np.ndarray        # [d]
     layers: list[Layer]
+
+    @functools.cached_property
+    def products_in_kernels(self) -> bool:
+        """Do the compiled kernels take every product of the layers, for any number of
+        rows? Then numpy's BLAS is left with attention alone, and runs it on one thread
+        (`_layers`). why: OpenBLAS's threads spin a while (~0.1 s) after each call before
+        they sleep, and took the cores from the kernels' threads: prompts ran at half
+        speed (270M, 400 tokens: 655 tok/s, 922 with BLAS on one thread; 1B 152 -> 247)."""
+        return all(lin.in_kernels() for L in self.layers
+                   for lin in (L.attn_qkv, L.attn_output, L.ffn_gate_up, L.ffn_down))
 
 
 def f32_bytes(cfg: Config) -> int:
@@ -466,10 +483,11 @@ def _layers(W: Weights, cfg: Config, caches: list[list], seqs: list[slice], x: n
     """All layers; caches[i] is sequence i's per-layer cache list."""
     rope_g = rope_tables(cfg, positions, local=False)
     rope_l = rope_tables(cfg, positions, local=True) if any(cfg.sliding) else None
-    for il, L in enumerate(W.layers):
-        local = cfg.sliding[il]
-        x = block(L, cfg, [c[il] for c in caches], seqs, x, positions, rope_l if local else rope_g,
-                  cfg.sliding_window if local else 0, groups)
+    with single_threaded_blas() if W.products_in_kernels else contextlib.nullcontext():
+        for il, L in enumerate(W.layers):
+            local = cfg.sliding[il]
+            x = block(L, cfg, [c[il] for c in caches], seqs, x, positions, rope_l if local else rope_g,
+                      cfg.sliding_window if local else 0, groups)
     return x
 
 

@@ -49,13 +49,14 @@ PROMPTS = {
 }
 
 
-# The default (8-bit activations) mode, prompts of at most 16 tokens (the kernels take
-# them in one call; longer prompts go through float32 BLAS for this file's types):
-# measured max |logit difference| 0.74-1.02 at logit rms 5.5-7.3 (llama.cpp's rounding of
-# the activations: 8 bits per value, so ~0.4% per value, over 18 layers), and argmaxes
-# that differ only where transformers' top-2 margin was below 0.17 (here and on the
-# Q4_0 copy of tests/test_fidelity_llamacpp.py). The bars allow twice and three times that.
-INT8_ATOL = 2.0
+# The default (8-bit activations) mode: measured max |logit difference| 0.09-0.21 times
+# the prompt's logit rms (0.74 at rms 5.5 to 3.8 at rms 23: the chat prompts' logits are
+# larger, and so are their differences; the same through q8's products, 16 rows or one at
+# a time, as through gemm8's for a whole prompt), from llama.cpp's rounding of the
+# activations (8 bits per value, ~0.4% per value, over 18 layers); argmaxes that differ
+# only where transformers' top-2 margin was below 0.17 (here and on the Q4_0 copy of
+# tests/test_fidelity_llamacpp.py). The bars allow about 1.5 and 3 times that.
+INT8_RTOL = 0.3                          # times the logit rms
 INT8_MARGIN = 0.5
 INT8_GREEDY_SAME = 4                     # of 9: llama.cpp's own count against transformers
 
@@ -123,9 +124,7 @@ def greedy_hf(hf, ids):
 
 @pytest.mark.parametrize("name", [n for n in PROMPTS if not n.startswith("long")])
 def test_int8_logits_near_transformers(llm, hf, int8_mode, name):
-    ids = ids_of(llm, name)
-    if len(ids) > 16:
-        pytest.skip("longer prompts take float32 BLAS for this file's types")
+    ids = ids_of(llm, name)                          # 17+ tokens: gemm8's product, fewer: q8's
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0].double().numpy()
     ours = llm.logits(ids).astype(np.float64)
@@ -133,7 +132,7 @@ def test_int8_logits_near_transformers(llm, hf, int8_mode, name):
     decided = top2[:, 1] - top2[:, 0] > INT8_MARGIN
     err = np.abs(ours - ref).max()
     print(f"\n{name}: {len(ids)} tokens, max |diff| {err:.3f}, logit rms {np.sqrt((ref ** 2).mean()):.2f}")
-    assert err <= INT8_ATOL
+    assert err <= INT8_RTOL * np.sqrt((ref ** 2).mean())
     assert np.array_equal(ours.argmax(-1)[decided], ref.argmax(-1)[decided])
 
 

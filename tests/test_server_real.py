@@ -74,3 +74,28 @@ def test_tool_calls_on_the_real_model_parse_and_validate(client):
         state.handle_chunk(chunk)
     (again,) = state.current_completion_snapshot.choices[0].message.tool_calls
     assert (again.function.name, again.function.arguments) == (call.function.name, call.function.arguments)
+
+
+def test_tool_calls_in_the_default_mode_parse_and_validate(client, monkeypatch):
+    """The same required call with 8-bit activations (the default mode; the module runs
+    the exact one): the bar is the property a client relies on, one call of the tool
+    whose arguments validate, streamed or not. Not the same text as the exact mode's, nor
+    necessarily streamed and not: the streamed request finds its prompt in the cache, and
+    a last-bit difference between those paths can move an 8-bit code (see
+    test_repl.exact_mode)."""
+    import jsonschema
+    monkeypatch.delenv("GEMMA_RUNNER_KERNELS")
+    messages = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+    kw = dict(model="m", messages=messages, tools=[WEATHER_TOOL], tool_choice="required", temperature=0,
+              max_tokens=64, parallel_tool_calls=False)
+    r = client.chat.completions.create(**kw)
+    chunks = list(client.chat.completions.create(stream=True, **kw))
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    state = ChatCompletionStreamState()
+    for chunk in chunks:
+        state.handle_chunk(chunk)
+    for choice in (r.choices[0], state.current_completion_snapshot.choices[0]):
+        assert choice.finish_reason == "tool_calls"
+        (call,) = choice.message.tool_calls
+        assert call.function.name == "get_weather"
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER_TOOL["function"]["parameters"])

@@ -8,15 +8,17 @@ W is the tensor's raw bytes, uint8 [n_out, bytes per row] (`GGUFFile.raw`, a vie
 the memory map: nothing is copied). Rows must hold whole units of 32 values
 (`supported`).
 
-Activations. For Q4_0, Q5_0, Q8_0, Q4_K and Q6_K (INT8_TYPES, rows of whole 64 values)
+Activations. For the quantized types (INT8_TYPES: Q4_0 to Q6_K, rows of whole 64 values)
 a product first rounds each row of x to 8 bits per value in blocks of 32, as llama.cpp
-does before its quantized products, and multiplies integers (q8.py: VNNI's vpdpbusd,
-64 multiply-adds an instruction); the other types, and every type under
-GEMMA_RUNNER_KERNELS=float32 (the exact mode), keep x in float32 and equal the float32
-product with the dequantized weights up to summation order (products.py). Both against
-references in tests/test_kernels.py; the fidelity of each mode in tests/test_model_real.py.
-why 8 bits: decode reads every weight once per token, and float32 lanes (16 products an
-instruction) could not keep up with the memory: 4B decode 4.8 tok/s then, 10 now.
+does before its quantized products, and multiplies integers (VNNI's vpdpbusd, 64
+multiply-adds an instruction): q8.py for a few rows of x (decode, batched decode,
+drafting), gemm8.py for more (a prompt: 16 rows of W repacked per pass). F16, BF16 and
+F32, and every type under GEMMA_RUNNER_KERNELS=float32 (the exact mode), keep x in
+float32 and equal the float32 product with the dequantized weights up to summation order
+(products.py). Both against references in tests/test_kernels.py; the fidelity of each
+mode in tests/test_model_real.py. why 8 bits: decode reads every weight once per token,
+and float32 lanes (16 products an instruction) could not keep up with the memory: 4B
+decode 4.8 tok/s then, 10 now; and a prompt's products run at 2.5-3.7x float32 BLAS.
 
 `available()` is False where numba cannot be imported or when the environment sets
 GEMMA_RUNNER_KERNELS=numpy; callers then use the float32 numpy path (runner.quants).
@@ -220,7 +222,8 @@ def matmul(W: np.ndarray | Sequence[np.ndarray], qtype: GGMLType | int, x: np.nd
     """x @ W.T for W's raw rows: float32 [T, n_out]; into out[:, col:col + n_out] when
     out is given (float32 [T, >= col + n_out], C-contiguous). W may be up to three
     tensors of one type stacked by rows (one call for attn_q | attn_k | attn_v). Reads
-    W once for all T rows; meant for a few rows (decode, batched decode, drafting)."""
+    W once for all T rows (more than GEMM_ROWS of the 8-bit types: once per 16 rows of W
+    packed, gemm8.py); types without 8-bit products are meant for a few rows."""
     parts = [W] if isinstance(W, np.ndarray) else list(W)
     x = np.ascontiguousarray(x, dtype=F32)
     T, n_in = x.shape

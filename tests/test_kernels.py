@@ -143,6 +143,21 @@ def test_int8_product_equals_float64_with_q8_0_activations(qtype):
 
 
 @pytest.mark.fast
+@pytest.mark.parametrize("qtype", INT8, ids=lambda t: t.name)
+def test_int8_row_results_do_not_depend_on_the_rows_with_them(qtype):
+    """Up to 16 rows of x (decode, a batch of streams, a drafted round) each row's result
+    is bit-for-bit the one it gets alone. why: the 8-bit rounding turns a last-bit
+    difference into a whole code step downstream, and a greedy text would then depend on
+    drafting or on the other streams of a batch."""
+    n_in = 768 if values_per_block(qtype) == 256 else 640
+    raw = raw_rows(qtype, 37, n_in, seed=int(qtype) + 7)
+    x = np.random.default_rng(9).standard_normal((16, n_in)).astype(np.float32)
+    alone = np.concatenate([kernels.matmul(raw, qtype, x[t:t + 1]) for t in range(16)])
+    for T in range(2, 17):
+        np.testing.assert_array_equal(kernels.matmul(raw, qtype, x[:T]), alone[:T])
+
+
+@pytest.mark.fast
 def test_activation_codes_are_ggml_q8_0():
     """q8.quantize against ggml's Q8_0 activation rounding (q8_0_codes; halves to even:
     values built to land on them; a block of zeros): the same codes and scales, and the

@@ -347,23 +347,38 @@ def _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t, u, n_in, n_units, acc):
 def _four_rows_x8(qtype, W, b0, b1, b2, b3, n_units, xq, xk, xdu, t0, T, y, ycol):
     """y[t, ycol .. ycol + 3] for the four rows at bytes b0..b3 of W and rows t0 .. t0 + 7
     of x (clamped to T - 1: a repeated row lands where its real result does): each unit
-    of W decoded once for the eight."""
+    of W decoded once for the eight. Each row of x sums as `_four_rows` sums one row
+    (even and odd units apart, then together), so its result does not depend on how
+    many rows of x came with it."""
     n_in = 32 * n_units
     t1, t2, t3 = min(t0 + 1, T - 1), min(t0 + 2, T - 1), min(t0 + 3, T - 1)
     t4, t5, t6, t7 = min(t0 + 4, T - 1), min(t0 + 5, T - 1), min(t0 + 6, T - 1), min(t0 + 7, T - 1)
     a0, a1, a2, a3 = zeros(), zeros(), zeros(), zeros()
     a4, a5, a6, a7 = zeros(), zeros(), zeros(), zeros()
+    e0, e1, e2, e3 = zeros(), zeros(), zeros(), zeros()
+    e4, e5, e6, e7 = zeros(), zeros(), zeros(), zeros()
     for u in range(n_units):
         lo, hi, s_lo, s_hi = rows4(qtype, W, b0, b1, b2, b3, u)
-        a0 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t0, u, n_in, n_units, a0)
-        a1 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t1, u, n_in, n_units, a1)
-        a2 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t2, u, n_in, n_units, a2)
-        a3 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t3, u, n_in, n_units, a3)
-        a4 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t4, u, n_in, n_units, a4)
-        a5 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t5, u, n_in, n_units, a5)
-        a6 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t6, u, n_in, n_units, a6)
-        a7 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t7, u, n_in, n_units, a7)
-    for t, a in ((t0, a0), (t1, a1), (t2, a2), (t3, a3), (t4, a4), (t5, a5), (t6, a6), (t7, a7)):
+        if u % 2 == 0:
+            a0 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t0, u, n_in, n_units, a0)
+            a1 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t1, u, n_in, n_units, a1)
+            a2 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t2, u, n_in, n_units, a2)
+            a3 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t3, u, n_in, n_units, a3)
+            a4 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t4, u, n_in, n_units, a4)
+            a5 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t5, u, n_in, n_units, a5)
+            a6 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t6, u, n_in, n_units, a6)
+            a7 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t7, u, n_in, n_units, a7)
+        else:
+            e0 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t0, u, n_in, n_units, e0)
+            e1 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t1, u, n_in, n_units, e1)
+            e2 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t2, u, n_in, n_units, e2)
+            e3 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t3, u, n_in, n_units, e3)
+            e4 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t4, u, n_in, n_units, e4)
+            e5 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t5, u, n_in, n_units, e5)
+            e6 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t6, u, n_in, n_units, e6)
+            e7 = _unit_x(qtype, lo, hi, s_lo, s_hi, xq, xk, xdu, t7, u, n_in, n_units, e7)
+    for t, a in ((t0, a0 + e0), (t1, a1 + e1), (t2, a2 + e2), (t3, a3 + e3),
+                 (t4, a4 + e4), (t5, a5 + e5), (t6, a6 + e6), (t7, a7 + e7)):
         y0, y1, y2, y3 = sums4(a)
         y[t, ycol], y[t, ycol + 1], y[t, ycol + 2], y[t, ycol + 3] = y0, y1, y2, y3
 
@@ -519,10 +534,11 @@ def matmul(qtype, W0, W1, W2, x, y, col, n_workers):
     """y[t, col + r] = sum_i x[t, i] * W_r[i] with x [T, n_in] quantized to 8 bits
     (quantize), for every row r of W0 | W1 | W2 (as products.matmul) and t < T.
 
-    One row of x (decode): four rows of W at once (_four_rows), where the type has a
-    decoder for that (ROWS4), else a pair of units per step with two accumulators.
-    Several rows: four rows of x per pass over a row of W, each pair decoded once for
-    the four (the last pass repeats the last row when T % 4 != 0).
+    Where the type has a four-row decoder (ROWS4: Q4_0), four rows of W at once, against
+    one row of x (_four_rows) or eight per pass (_four_rows_x8); else a pair of units per
+    step, one row of x at a time or four per pass over a row of W, each pair decoded once
+    for the four (the last pass repeats the last row when T % 4 != 0). Either way a row
+    of x sums in the same order whatever the number of rows with it.
 
     Threads take blocks of rows from a counter, and a block is done part by part, each
     part's rows in a function of its own. why: an array variable that takes W0, W1 or W2
@@ -536,11 +552,10 @@ def matmul(qtype, W0, W1, W2, x, y, col, n_workers):
     xs = np.empty((T, n_in // 4), np.int32)
     xd = np.empty((T, n_in // 4), np.float32)
     xh = np.empty((T, n_in // 16), np.int32)
-    # four rows of W at once: against one row of x where the type says so, and against
-    # eight rows of x per pass from T = 8 on (below, a pair of units against four rows of
-    # x per pass wastes less: Q8_0 at T = 2 and 4, 48 and 87 G multiply-adds/s by pairs
-    # against 19 and 37 by eights; from T = 8 on, equal or faster by eights)
-    by_rows = rows4_kind(qtype) != 0 and ((T == 1 and rows4_one(qtype)) or T >= 8)
+    # four rows of W at once where the type has a decoder for that (Q4_0): against one
+    # row of x, and against eight per pass (fewer repeat the last), each row of x summed
+    # as a lone one is: a row's result does not depend on how many rows came with it
+    by_rows = rows4_kind(qtype) != 0 and (T >= 2 or rows4_one(qtype))
     quantize(x, xq, xs, xd, xh, 0 if by_rows else split(qtype))
     K = -offset(qtype)
     xk = np.empty((T, 2 * (n_in // 32)) if by_rows else (0, 0), np.int32)

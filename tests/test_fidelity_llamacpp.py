@@ -6,14 +6,16 @@ it is not installed). The two engines do not compute the same numbers: llama.cpp
 its KV cache in F16, sums in its own order, and rounds the activations to 8 bits before
 each quantized product (per 32 values against 32-value blocks, per 256 against
 K-quants). Ours rounds them to 8 bits per 32 values, as llama.cpp's Q8_0 does, in every
-product (runner/kernels/q8.py; the prompts that go through BLAS round them the same
-way). So the exact reference is transformers (float32, loading the same file), and
-llama.cpp is held to what the exact reference achieves against it. Measured on this
-text (317 tokens), agreement with llama.cpp: 95.9% (Q4_K_M), 95.9% (Q4_0), 95.3% (Q6_K),
-95.9% (Q8_0); with float32 activations (the exact mode, = transformers) 96.5%, 96.8%,
-95.9%, 97.8%. Every disagreement is a near-tie (our top-2 margin 0.00-0.58; where our
-argmax differs from transformers', its margin was at most 0.25), and the perplexities
-differ by -0.3%, +0.8%, -1.2%, -0.03%. Issue 12 asked for >= 97.5% and 1%; llama.cpp's
+product (runner/kernels/q8.py, gemm8.py for prompts). So the exact reference is
+transformers (float32, loading the same file), and llama.cpp is held to what the exact
+reference achieves against it. Measured on this text (317 tokens), agreement with
+llama.cpp: 96.5% (Q4_K_M), 96.2% (Q4_0), 95.9% (Q6_K), 97.5% (Q8_0); with float32
+activations (the exact mode, = transformers) 96.5%, 96.8%, 95.9%, 97.8%: llama.cpp agrees
+with an exact engine no more often. Every disagreement is a near-tie (our top-2 margin
+0.00-0.45; where our argmax differs from transformers', its margin was at most 0.25), and
+the perplexities differ by -0.6%, +0.7%, -1.2%, +0.5%. Rounding K and V to halves as
+llama.cpp's F16 cache does moved the four agreements by -1.9 to +0.6 points (noise: one
+token is 0.3 points), not towards the bar. Issue 12 asked for >= 97.5% and 1%; llama.cpp's
 own rounding is not reached by an engine that computes exactly, nor by one that rounds
 as it does (its F16 cache and order remain), so the bars are: the argmax equals
 transformers' wherever its top-2 margin exceeds 0.5 (test_model_real's bar for 8-bit
@@ -36,9 +38,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_embeddings_real import REF_PYTHON, needs_llama_cpp  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
-# Every product rounds the activations to 8 bits (the kernels; BLAS for the prompts of the
-# files without Q4_0 weights, with the activations rounded the same way): the bar on
-# transformers' top-2 margin is test_model_real's.
+# Every product rounds the activations to 8 bits: the bar on transformers' top-2 margin
+# is test_model_real's.
 INT8_MARGIN = 0.5
 # Natural text of several kinds (perplexity over random characters measures near-ties):
 # prose, a how-to, an encyclopedic paragraph, code, dialogue.

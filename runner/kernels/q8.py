@@ -17,13 +17,15 @@ Two shapes of work, by type and number of rows of x (see `matmul`):
                         (value = scale * (code - K): K is folded into the integer sum,
                         dot4 starting from -K * the sum of the 4 activation codes),
                  scale  f32x16, the weight scale of the values each lane of `dot4` sums
-                        (lanes 0-7: the first unit, 8-15: the second; Q6_K: 4 per 16),
+                        (lanes 0-7: the first unit, 8-15: the second; Q2_K, Q3_K,
+                        Q6_K: 4 per 16 values),
                  bias   f32x16, for the types with a minimum (value = scale * code +
                         bias): what multiplies the sum of the activation codes;
   four rows  one unit of four rows of W per step (`rows4`: the codes of values 0-15
              and 16-31 of each row, their scales), the same 32 activations against
-             all four: fewer instructions per weight, and eight rows of x per pass
-             for prompts (`_four_rows_x8`).
+             all four (Q4_0): fewer instructions per weight, one row of x or eight
+             per pass (`_four_rows_x8`).
+The pair decoders also feed gemm8.py, which packs 16 rows for prompts.
 
 Activations of a row, from `quantize`: xq int8 [n_in], and per 4 values (one lane of
 dot4) xs int32 (the sum of their 4 codes) and xd float32 (their block's scale).

@@ -37,10 +37,10 @@ from numba import literally, njit, prange, types
 from numba.extending import overload
 
 from ..quants import GGMLType
-from .blocks import F32, _int, _q3_scale, _scale_min_k4
-from .simd import bytes_i8, fetch_add, fma, half, hsum, load, store, to_float, zeros
-from .simd8 import (absmax, at, at_i32, bcast16, bits, blend16, blend32, chunks, dot4, fours, halves, ints,
-                    izeros, ones, prefetch, quads, round_even, sbytes, scales4, spaced, store_i8, store_i32, sums4,
+from .blocks import F32, _scale_min_k4
+from .simd import bytes_i8, bytes_u8, fetch_add, fma, half, hsum, load, store, to_float, zeros
+from .simd8 import (absmax, at, at_i32, bcast16, bits, blend16, blend32, chunks, dot4, halves, ints,
+                    izeros, ones, prefetch, q3_scales, quads, round_even, sbytes, scales4, spaced, store_i8, store_i32, sums4,
                     via_half)
 
 # Threads take blocks of rows from a counter: CHUNKS blocks per thread, of a multiple of
@@ -189,11 +189,10 @@ def _q2_k(W, base, u):
     g = u & 7
     q = o + 16 + 32 * (g >> 2)
     c = chunks(W, q, q + 16, q, q + 16) >> (2 * (g & 3))
-    d, dmin = half(W, o + 80), half(W, o + 82)
-    s0, s1, s2, s3 = _int(W, o + 2 * g), _int(W, o + 2 * g + 1), _int(W, o + 2 * g + 2), _int(W, o + 2 * g + 3)
-    return (blend32(c & 3, (c >> 2) & 3),
-            fours(d * F32(s0 & 15), d * F32(s1 & 15), d * F32(s2 & 15), d * F32(s3 & 15)),
-            fours(-(dmin * F32(s0 >> 4)), -(dmin * F32(s1 >> 4)), -(dmin * F32(s2 >> 4)), -(dmin * F32(s3 >> 4))))
+    sc = bytes_u8(W, o)                       # the super-block's 16 scale bytes
+    scale = to_float(sc & 15) * half(W, o + 80)
+    bias = to_float(sc >> 4) * -half(W, o + 82)
+    return blend32(c & 3, (c >> 2) & 3), quads(scale, 2 * g, 2 * g + 2), quads(bias, 2 * g, 2 * g + 2)
 
 
 @njit(**_J)
@@ -205,10 +204,9 @@ def _q3_k(W, base, u):
     q = o + 32 + 32 * (g >> 2)
     c = chunks(W, q, q + 16, q, q + 16) >> (2 * (g & 3))
     m = chunks(W, o, o + 16, o, o + 16) >> g
-    d = half(W, o + 108)
+    scales = to_float(q3_scales(W, o + 96)) * half(W, o + 108)
     return (blend32(c & 3, (c >> 2) & 3) | (blend32(m & 1, (m >> 1) & 1) << 2),
-            fours(d * _q3_scale(W, o + 96, 2 * g), d * _q3_scale(W, o + 96, 2 * g + 1),
-                  d * _q3_scale(W, o + 96, 2 * g + 2), d * _q3_scale(W, o + 96, 2 * g + 3)), zeros())
+            quads(scales, 2 * g, 2 * g + 2), zeros())
 
 
 @njit(**_J)

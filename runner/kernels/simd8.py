@@ -158,24 +158,10 @@ def halves(typingctx, a, b):
 
 
 @intrinsic
-def fours(typingctx, a, b, c, d):
-    """Lanes 0-3 = a, 4-7 = b, 8-11 = c, 12-15 = d (float32 scalars): one scale per 16
-    values of a pair of units (Q2_K, Q3_K), as `dot4` leaves their sums."""
-    if not all(isinstance(v, types.Float) for v in (a, b, c, d)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v = ir.Constant(ir.VectorType(ir.FloatType(), 4), ir.Undefined)
-        for k, (x, ty) in enumerate(zip(args, sig.args)):
-            v = builder.insert_element(v, context.cast(builder, x, ty, types.float32), ir.Constant(_I32, k))
-        return builder.shuffle_vector(v, v, ir.Constant(_VI, [k // 4 for k in range(16)]))
-    return f32x16(a, b, c, d), codegen
-
-
-@intrinsic
 def quads(typingctx, v, fa, fb):
     """Lanes 0-3 = v[fa], 4-7 = v[fa + 1], 8-11 = v[fb], 12-15 = v[fb + 1]: the scales of
-    two pairs of 16 values (Q6_K) spread over the lanes `dot4` sums those values into."""
+    two pairs of 16 values (Q2_K, Q3_K, Q6_K) spread over the lanes `dot4` sums those
+    values into."""
     if not (v is f32x16 and isinstance(fa, types.Integer) and isinstance(fb, types.Integer)):
         return None
 
@@ -498,3 +484,29 @@ def transpose16(typingctx, tup):
         out = [builder.bitcast(x, _VB) if vty is b8x64 else x for x in v]
         return context.make_tuple(builder, ret, out)
     return ret(tup), codegen
+
+
+@intrinsic
+def q3_scales(typingctx, W, o):
+    """The 16 six-bit scales of a Q3_K super-block, less 32, as int32 lanes, from its
+    scales[12] at byte o of W (bytes 0-7: low nibbles of scales 0-7, high nibbles of
+    8-15; bytes 8-11: the top two bits, scale k in bits 2 (k // 4) of byte 8 + k % 4).
+    Read as three words, never past the twelve bytes."""
+    if not (_is_array(W, types.uint8) and isinstance(o, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        words = ir.Constant(ir.VectorType(_I32, 4), [0, 0, 0, 0])
+        for k in range(3):
+            ptr = _data(context, builder, sig.args[0], args[0], builder.add(args[1], ir.Constant(args[1].type, 4 * k)))
+            words = builder.insert_element(words, builder.load(builder.bitcast(ptr, _I32.as_pointer()), align=1),
+                                           ir.Constant(_I32, k))
+        b = builder.zext(builder.bitcast(words, ir.VectorType(_I8, 16)), _VI)
+        low = builder.lshr(builder.shuffle_vector(b, b, ir.Constant(_VI, [k % 8 for k in range(16)])),
+                           ir.Constant(_VI, [0] * 8 + [4] * 8))
+        high = builder.lshr(builder.shuffle_vector(b, b, ir.Constant(_VI, [8 + k % 4 for k in range(16)])),
+                            ir.Constant(_VI, [2 * (k // 4) for k in range(16)]))
+        v = builder.or_(builder.and_(low, ir.Constant(_VI, [15] * 16)),
+                        builder.shl(builder.and_(high, ir.Constant(_VI, [3] * 16)), ir.Constant(_VI, [4] * 16)))
+        return builder.sub(v, ir.Constant(_VI, [32] * 16))
+    return i32x16(W, o), codegen

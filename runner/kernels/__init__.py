@@ -126,29 +126,20 @@ def _entries(qtype: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _entry8(qtype: int):
-    """The 8-bit product's entry point for one type (as _entries)."""
+def _entry8(qtype: int, many: bool):
+    """The 8-bit product's entry point for one type (as _entries): q8.py's for a few
+    rows of x, gemm8.py's for many (`many`, a constant: numba keeps one branch)."""
     from numba import njit
-    from . import q8
+    from . import gemm8, q8
 
     @njit(nogil=True, cache=True)
     def matmul8(W0, W1, W2, x, y, col, n_workers):
-        q8.matmul(qtype, W0, W1, W2, x, y, col, n_workers)
+        if many:
+            gemm8.matmul(qtype, W0, W1, W2, x, y, col, n_workers)
+        else:
+            q8.matmul(qtype, W0, W1, W2, x, y, col, n_workers)
 
     return matmul8
-
-
-@functools.lru_cache(maxsize=None)
-def _entry_gemm8(qtype: int):
-    """The many-row 8-bit product's entry point for one type (gemm8.py)."""
-    from numba import njit
-    from . import gemm8
-
-    @njit(nogil=True, cache=True)
-    def matmul(W0, W1, W2, x, y, col, n_workers):
-        gemm8.matmul(qtype, W0, W1, W2, x, y, col, n_workers)
-
-    return matmul
 
 
 # More rows of x than this (a prompt): the 8-bit types' product packs 16 rows of W at a
@@ -242,7 +233,7 @@ def matmul(W: np.ndarray | Sequence[np.ndarray], qtype: GGMLType | int, x: np.nd
         none = parts[0][:0]
         W0, W1, W2 = (_readonly(p) for p in parts + [none] * (3 - len(parts)))
         if int(qtype) in INT8_TYPES and n_in % 64 == 0 and int8_activations():
-            (_entry_gemm8 if T > GEMM_ROWS else _entry8)(int(qtype))(W0, W1, W2, x, out, col, n)
+            _entry8(int(qtype), T > GEMM_ROWS)(W0, W1, W2, x, out, col, n)
         else:
             _entries(int(qtype))[0](W0, W1, W2, x, out, col, n)
     return out

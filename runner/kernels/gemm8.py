@@ -24,14 +24,13 @@ plus the minimum term times x's scale times the sum of its codes.
 from __future__ import annotations
 
 import numpy as np
-from numba import literally, njit, prange, types
-from numba.extending import overload
+from numba import literally, njit, prange
 
 from ..quants import GGMLType
 
 from .simd import fetch_add, fma, load, splat, store, to_float, zeros
 from .simd8 import at, at_i32, bcast4, dot4, izeros, store_bytes, transpose16, ubytes
-from .q8 import has_min, offset, pair, quantize, split
+from .q8 import block_rows, has_min, offset, pair, quantize, split, type_constant
 
 GROUP = 16                  # rows of W per packed group (one per lane)
 TILE = 8                    # rows of x per pass over a packed group
@@ -42,15 +41,7 @@ _J = dict(nogil=True, cache=True)
 HALVES = frozenset({GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q6_K})
 
 
-def halves(qtype):
-    raise NotImplementedError("halves() runs inside numba kernels only")
-
-
-@overload(halves, prefer_literal=True)
-def _halves(qtype):
-    if isinstance(qtype, types.IntegerLiteral):
-        h = GGMLType(qtype.literal_value) in HALVES
-        return lambda qtype: h
+halves = type_constant("halves", lambda t: t in HALVES)
 
 
 @njit(**_J)
@@ -236,7 +227,7 @@ def matmul(qtype, W0, W1, W2, x, y, col, n_workers):
     xd = np.empty(T * nu, np.float32)
     xm = np.empty(2 * T * nu, np.float32)
     prepare(qtype, x, xq, xk, xd, xm)
-    rows = max(GROUP, (n_out // (4 * n_workers)) // GROUP * GROUP)
+    rows = block_rows(n_out, n_workers, GROUP)
     n_blocks = (n_out + rows - 1) // rows
     counter = np.zeros(1, np.int64)
     for _ in prange(n_workers):

@@ -53,6 +53,28 @@ PAIR = 64                 # values per pair of units: rows must hold whole pairs
 _J = dict(nogil=True, cache=True)
 
 
+@njit(**_J)
+def block_rows(n_out, n_workers, unit):
+    """Rows per block of the work-sharing counter: CHUNKS blocks per thread, a multiple of
+    `unit` rows (at least one unit)."""
+    return max(unit, (n_out // (CHUNKS * n_workers)) // unit * unit)
+
+
+def type_constant(name, value_of):
+    """A function of a ggml type that numba folds to a constant: value_of(GGMLType) for
+    the literal type a kernel is compiled for (the kernels' per-type switches)."""
+    def stub(qtype):
+        raise NotImplementedError(f"{name}() runs inside numba kernels only")
+    stub.__name__ = stub.__qualname__ = name
+
+    @overload(stub, prefer_literal=True)
+    def _constant(qtype):
+        if isinstance(qtype, types.IntegerLiteral):
+            value = value_of(GGMLType(qtype.literal_value))
+            return lambda qtype: value
+    return stub
+
+
 # --- activations ------------------------------------------------------------------------
 
 @njit(**_J)
@@ -96,10 +118,6 @@ def quantize(x, xq, xs, xd, xh, split):
             for h in range(4):
                 j = 16 * p + 4 * h
                 xh[t, 4 * p + h] = xs[t, j] + xs[t, j + 1] + xs[t, j + 2] + xs[t, j + 3]
-
-
-def split(qtype):
-    raise NotImplementedError("split() runs inside numba kernels only")
 
 
 # --- pairs of units, per type -----------------------------------------------------------
@@ -249,22 +267,6 @@ def rows4(qtype, W, b0, b1, b2, b3, u):
     raise NotImplementedError("rows4() runs inside numba kernels only")
 
 
-def rows4_kind(qtype):
-    raise NotImplementedError("rows4_kind() runs inside numba kernels only")
-
-
-def rows4_one(qtype):
-    raise NotImplementedError("rows4_one() runs inside numba kernels only")
-
-
-@overload(rows4_one, prefer_literal=True)
-def _rows4_one(qtype):
-    if isinstance(qtype, types.IntegerLiteral):
-        t = GGMLType(qtype.literal_value)
-        one = t in ROWS4 and ROWS4[t][2]
-        return lambda qtype: one
-
-
 @overload(rows4, prefer_literal=True)
 def _rows4(qtype, W, b0, b1, b2, b3, u):
     if isinstance(qtype, types.IntegerLiteral):
@@ -274,13 +276,9 @@ def _rows4(qtype, W, b0, b1, b2, b3, u):
         return lambda qtype, W, b0, b1, b2, b3, u: decode(W, b0, b1, b2, b3, u)
 
 
-@overload(rows4_kind, prefer_literal=True)
-def _rows4_kind(qtype):
-    # 0: no four-row decoder; 1: one scale per unit; 2: one per 16 values
-    if isinstance(qtype, types.IntegerLiteral):
-        t = GGMLType(qtype.literal_value)
-        kind = 0 if t not in ROWS4 else 1 if ROWS4[t][1] else 2
-        return lambda qtype: kind
+# 0: no four-row decoder; 1: one scale per unit; 2: one per 16 values
+rows4_kind = type_constant("rows4_kind", lambda t: 0 if t not in ROWS4 else 1 if ROWS4[t][1] else 2)
+rows4_one = type_constant("rows4_one", lambda t: t in ROWS4 and ROWS4[t][2])
 
 
 @njit(**_J)
@@ -406,14 +404,6 @@ def pair(qtype, W, base, u):
     raise NotImplementedError("pair() runs inside numba kernels only")
 
 
-def offset(qtype):
-    raise NotImplementedError("offset() runs inside numba kernels only")
-
-
-def has_min(qtype):
-    raise NotImplementedError("has_min() runs inside numba kernels only")
-
-
 @overload(pair, prefer_literal=True)
 def _pair(qtype, W, base, u):
     if isinstance(qtype, types.IntegerLiteral):
@@ -421,25 +411,9 @@ def _pair(qtype, W, base, u):
         return lambda qtype, W, base, u: decode(W, base, u)
 
 
-@overload(offset, prefer_literal=True)
-def _offset(qtype):
-    if isinstance(qtype, types.IntegerLiteral):
-        k = PAIRS[GGMLType(qtype.literal_value)][1]
-        return lambda qtype: k
-
-
-@overload(has_min, prefer_literal=True)
-def _has_min(qtype):
-    if isinstance(qtype, types.IntegerLiteral):
-        m = PAIRS[GGMLType(qtype.literal_value)][2]
-        return lambda qtype: m
-
-
-@overload(split, prefer_literal=True)
-def _split(qtype):
-    if isinstance(qtype, types.IntegerLiteral):
-        k = PAIRS[GGMLType(qtype.literal_value)][3]
-        return lambda qtype: k
+offset = type_constant("offset", lambda t: PAIRS[t][1])
+has_min = type_constant("has_min", lambda t: PAIRS[t][2])
+split = type_constant("split", lambda t: PAIRS[t][3])
 
 
 # --- the product ------------------------------------------------------------------------
@@ -562,7 +536,7 @@ def matmul(qtype, W0, W1, W2, x, y, col, n_workers):
     xdu = np.empty((T, n_in // 32) if by_rows else (0, 0), np.float32)
     if by_rows:
         starts(qtype, xh, xd, K, xk, xdu)
-    rows = max(ROWS, (n_out // (CHUNKS * n_workers)) // ROWS * ROWS)
+    rows = block_rows(n_out, n_workers, ROWS)
     n_blocks = (n_out + rows - 1) // rows
     counter = np.zeros(1, np.int64)
     for _ in prange(n_workers):

@@ -79,26 +79,23 @@ def chunks(typingctx, W, o0, o1, o2, o3):
     return b8x64(W, o0, o1, o2, o3), codegen
 
 
-@intrinsic
-def sbytes(typingctx, a, i):
-    """64 int8 of the int8 array `a` from flat element i."""
-    if not (_is_array(a, types.int8) and isinstance(i, types.Integer)):
-        return None
+def _loader(name, dtype, vty, llty, align, doc):
+    """An intrinsic (a, i) -> one vector of vty from flat element i of the C-contiguous
+    `dtype` array a."""
+    def typer(typingctx, a, i):
+        if not (_is_array(a, dtype) and isinstance(i, types.Integer)):
+            return None
 
-    def codegen(context, builder, sig, args):
-        return _load(builder, _data(context, builder, sig.args[0], args[0], args[1]), _VB, 1)
-    return b8x64(a, i), codegen
+        def codegen(context, builder, sig, args):
+            return _load(builder, _data(context, builder, sig.args[0], args[0], args[1]), llty, align)
+        return vty(a, i), codegen
+    typer.__name__, typer.__doc__ = name, doc
+    return intrinsic(typer)
 
 
-@intrinsic
-def ints(typingctx, a, i):
-    """16 int32 of the int32 array `a` from flat element i."""
-    if not (_is_array(a, types.int32) and isinstance(i, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _load(builder, _data(context, builder, sig.args[0], args[0], args[1]), _VI, 4)
-    return i32x16(a, i), codegen
+sbytes = _loader("sbytes", types.int8, b8x64, _VB, 1, "64 int8 of an int8 array from flat element i.")
+ubytes = _loader("ubytes", types.uint8, b8x64, _VB, 1, "64 bytes of a uint8 array from flat element i.")
+ints = _loader("ints", types.int32, i32x16, _VI, 4, "16 int32 of an int32 array from flat element i.")
 
 
 @intrinsic
@@ -430,17 +427,6 @@ def bcast4(typingctx, a, i):
     def codegen(context, builder, sig, args):
         ptr = builder.bitcast(_data(context, builder, sig.args[0], args[0], args[1]), _I32.as_pointer())
         return builder.bitcast(_splat(builder, builder.load(ptr, align=1), _VI), _VB)
-    return b8x64(a, i), codegen
-
-
-@intrinsic
-def ubytes(typingctx, a, i):
-    """64 bytes of the uint8 array `a` from flat element i."""
-    if not (_is_array(a, types.uint8) and isinstance(i, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _load(builder, _data(context, builder, sig.args[0], args[0], args[1]), _VB, 1)
     return b8x64(a, i), codegen
 
 
